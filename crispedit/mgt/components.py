@@ -1,0 +1,85 @@
+"""Build the frozen components (VQ tokenizer, text conditioner) and the transformer from a config.
+
+Real components load by id with from_pretrained; `tiny: true` builds a random-init twin of
+the same class (see tiny.py). Transformer weights load only from safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ComponentConfig, ModelConfig
+from .text import TextConditioner
+from .tokenizer import VQTokenizer
+from .transformer import EditMGTTransformer, build_transformer
+
+
+def build_vq(cfg: ModelConfig) -> VQTokenizer:
+    if cfg.vq.tiny:
+        from .tiny import tiny_vq
+
+        return VQTokenizer(tiny_vq(cfg.transformer.codebook_size, cfg.tiny_seed))
+    from diffusers import VQModel
+
+    return VQTokenizer(VQModel.from_pretrained(cfg.vq.id, subfolder=cfg.vq.subfolder, revision=cfg.vq.revision))
+
+
+def build_text(cfg: ModelConfig) -> TextConditioner:
+    if cfg.clip.tiny:
+        from .tiny import tiny_clip_text_model, tiny_clip_tokenizer
+
+        clip_tok = tiny_clip_tokenizer(cfg.clip_max_length)
+        clip = tiny_clip_text_model(cfg.transformer.pooled_projection_dim, cfg.tiny_seed + 1, cfg.clip_max_length)
+    else:
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+        c = cfg.clip
+        clip_tok = CLIPTokenizer.from_pretrained(c.id, subfolder=c.tokenizer_subfolder or c.subfolder or "", revision=c.revision)
+        clip = CLIPTextModelWithProjection.from_pretrained(c.id, subfolder=c.subfolder or "", revision=c.revision)
+    if cfg.llm.tiny:
+        from .tiny import tiny_llm, tiny_llm_tokenizer
+
+        llm_tok = tiny_llm_tokenizer(cfg.text_max_length)
+        llm = tiny_llm(cfg.transformer.joint_attention_dim, cfg.tiny_seed + 2)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        c = cfg.llm
+        llm_tok = AutoTokenizer.from_pretrained(c.id, subfolder=c.tokenizer_subfolder or c.subfolder or "", revision=c.revision, use_fast=True)
+        llm_tok.padding_side = "right"
+        llm = AutoModelForCausalLM.from_pretrained(c.id, subfolder=c.subfolder or "", revision=c.revision, torch_dtype=torch.bfloat16)
+    return TextConditioner(clip_tok, clip, llm_tok, llm, cfg.text_max_length, cfg.clip_max_length, cfg.llm_hidden_layer)
+
+
+def load_safetensors_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file, or a folder holding one (diffusers layout)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no .safetensors file")
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+    return load_file(str(path))
+
+
+def build_transformer_from_config(cfg: ModelConfig, init: ComponentConfig | None = None) -> EditMGTTransformer:
+    """Random init, then (optionally) released weights loaded strictly by name."""
+    model = build_transformer(cfg.transformer)
+    init = init or cfg.init_transformer
+    if init is not None and init.id:
+        path = Path(init.id)
+        if not path.exists():
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(init.id, revision=init.revision, allow_patterns=[f"{init.subfolder or ''}*"]))
+            if init.subfolder:
+                path = path / init.subfolder
+        model.load_state_dict(load_safetensors_weights(path), strict=True)
+    return model

@@ -1,0 +1,199 @@
+"""Configuration of the bundled EditMGT trainer: model, data, training and sampling.
+
+One YAML file (configs/mgt/tiny.yaml, configs/mgt/full.yaml) describes everything a run needs.
+A checkpoint stores a copy, so `crispedit edit` and `crispedit eval` rebuild exactly the
+components that were trained, including the tiny random-init twins used on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TransformerConfig:
+    """Shape of the MMDiT transformer. Field names follow the released Meissonic/EditMGT config."""
+
+    num_layers: int = 14
+    num_single_layers: int = 28
+    attention_head_dim: int = 128
+    num_attention_heads: int = 8
+    joint_attention_dim: int = 2304
+    pooled_projection_dim: int = 1024
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+    vocab_size: int = 8256
+    codebook_size: int = 8192
+    downsample: bool = True
+    upsample: bool = True
+    connector_type: str = "linear"
+    micro_cond_encode_dim: int = 256
+
+    @property
+    def mask_token_id(self) -> int:
+        """The last vocabulary entry is the [MASK] token, as upstream (8255 at full size)."""
+        return self.vocab_size - 1
+
+
+@dataclass
+class ComponentConfig:
+    """A pretrained component: a hub id or local path, or a tiny random-init twin when `tiny`."""
+
+    id: str = ""
+    subfolder: str | None = None
+    tokenizer_subfolder: str | None = None
+    revision: str | None = None
+    tiny: bool = False
+
+
+@dataclass
+class ModelConfig:
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    vq: ComponentConfig = field(default_factory=lambda: ComponentConfig("MeissonFlow/Meissonic", "vqvae"))
+    clip: ComponentConfig = field(
+        default_factory=lambda: ComponentConfig("MeissonFlow/Meissonic", "text_encoder", "tokenizer")
+    )
+    llm: ComponentConfig = field(default_factory=lambda: ComponentConfig("google/gemma-2-2b-it"))
+    # Optional pretrained transformer weights (a safetensors file or diffusers folder) to start from.
+    init_transformer: ComponentConfig | None = None
+    llm_hidden_layer: int = -2
+    text_max_length: int = 256
+    clip_max_length: int = 77
+    resolution: int = 1024
+    # Tiny twins are initialised from this seed so every process rebuilds identical weights.
+    tiny_seed: int = 1234
+
+
+@dataclass
+class DatasetSpec:
+    path: str
+    ratio: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "mgt-out"
+    seed: int = 0
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 1000
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.01
+    max_grad_norm: float = 10.0
+    mixed_precision: str = "no"
+    min_masking_rate: float = 0.0
+    # Classifier-free guidance dropout: each sample independently loses its text
+    # (replaced by the empty prompt's encoding, what the sampler's unconditional branch
+    # sees) and/or its source image (replaced by an all-[MASK] reference stream).
+    text_drop_prob: float = 0.1
+    image_drop_prob: float = 0.05
+    random_crop: bool = True
+    checkpoint_every: int = 200
+    checkpoints_total_limit: int | None = 3
+    log_every: int = 10
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+    datasets: list[DatasetSpec] = field(default_factory=list)
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 36
+    guidance_scale: float = 6.0
+    # Attention multiplier between the reference stream and the rest (1.1 upstream at inference).
+    reference_strength: float = 1.1
+    tau: float = 0.0
+    # Global block indices (double blocks first, then single blocks) whose text->target
+    # attention is captured for region-hold. Upstream infer.py: 28-36.
+    capture_blocks: tuple[int, ...] = (28, 29, 30, 31, 32, 33, 34, 35, 36)
+    negative_prompt: str = ""
+    temperature: tuple[float, float] = (2.0, 0.0)
+    # "ratio": the model's timestep is the current mask ratio, as in training.
+    # "step_index": upstream inference quirk (N-1..0); only for their released weights.
+    timestep_mode: str = "ratio"
+
+
+@dataclass
+class MGTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    name: str = "editmgt"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model.vq.tiny or self.model.clip.tiny or self.model.llm.tiny
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MGTConfig":
+        return _build(cls, data, "")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MGTConfig":
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """Accept a path or a bundled config name (`tiny`, `small`, `full`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    bundled = Path(__file__).resolve().parents[2] / "configs" / "mgt" / f"{name_or_path}.yaml"
+    if bundled.exists():
+        return bundled
+    raise FileNotFoundError(f"config {name_or_path!r}: no such file, and not a bundled name in configs/mgt/")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a dataclass from a dict, rejecting unknown keys with their dotted path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(where + k for k in unknown)}; allowed: {', '.join(sorted(fields))}")
+    kwargs: dict[str, Any] = {}
+    hints = {
+        (MGTConfig, "model"): ModelConfig,
+        (MGTConfig, "train"): TrainConfig,
+        (MGTConfig, "sample"): SampleConfig,
+        (ModelConfig, "transformer"): TransformerConfig,
+        (ModelConfig, "vq"): ComponentConfig,
+        (ModelConfig, "clip"): ComponentConfig,
+        (ModelConfig, "llm"): ComponentConfig,
+        (ModelConfig, "init_transformer"): ComponentConfig,
+    }
+    for key, value in data.items():
+        sub = hints.get((cls, key))
+        if sub is not None and value is not None:
+            kwargs[key] = _build(sub, value, f"{where}{key}.")
+        elif cls is TrainConfig and key == "datasets":
+            kwargs[key] = [_build(DatasetSpec, d if isinstance(d, dict) else {"path": d}, f"{where}datasets.") for d in value]
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

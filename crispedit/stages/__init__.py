@@ -1,0 +1,7 @@
+"""Every built-in stage and source kind, registered on import."""
+
+from crispedit.stages import classical, copy, instruct, pixel_change, source  # noqa: F401
+from crispedit.stages.base import STAGES, BuildContext, Stage, StageParams, register_stage
+from crispedit.stages.source import SOURCES, Source, register_source
+
+__all__ = ["SOURCES", "STAGES", "BuildContext", "Source", "Stage", "StageParams", "register_source", "register_stage"]

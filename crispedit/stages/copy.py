@@ -1,0 +1,23 @@
+"""The ``copy`` generator: the target is a fresh copy of the source.
+
+It exists to measure the engine's own cost (benchmarks/overhead.py): everything a real
+generator pays for except the model.
+"""
+
+from __future__ import annotations
+
+from crispedit.sample import Sample
+from crispedit.stages.base import Stage, register_stage
+
+
+@register_stage
+class CopyStage(Stage):
+    kind = "copy"
+    default_batch_size = 64
+
+    def __call__(self, batch: list[Sample]) -> list[Sample]:
+        for sample in batch:
+            sample.target_image = sample.source_image.copy()
+            sample.branch = "copy"
+            sample.instruction = sample.instruction or "Leave the image unchanged"
+        return batch

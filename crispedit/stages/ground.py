@@ -1,0 +1,134 @@
+"""The ``ground`` stage: keywords -> GroundingDINO boxes -> SAM precise mask -> Emu Edit soft mask.
+
+Writes ``sample.mask`` (the soft mask, uint8, 255 = edit), and for later stages
+``meta["precise_mask"]`` (uint8 0/255), ``meta["boxes"]`` ({keyword: [[x0, y0, x1, y1], ...]})
+and ``meta["whole_image"]``. The score ``ground_score`` is the weakest keyword's best
+detection score, kept so a dataset can be re-filtered on it without regrounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from crispedit.masks import soft
+from crispedit.masks.grounding import GroundedSegmenter
+from crispedit.models import ModelSpec, load_model
+from crispedit.sample import Sample, derive_seed
+from crispedit.stages.base import Stage, StageParams, register_stage
+
+
+class GroundParams(StageParams):
+    """Every threshold, weight, radius and sigma of grounding and the soft mask."""
+
+    detector_model: ModelSpec = ModelSpec(id="IDEA-Research/grounding-dino-base")
+    segmenter_model: ModelSpec = ModelSpec(id="facebook/sam-vit-huge")
+    box_threshold: float = Field(0.3, ge=0.0, le=1.0, description="UltraEdit: 0.3")
+    text_threshold: float = Field(0.25, ge=0.0, le=1.0, description="UltraEdit: 0.25")
+    max_boxes_per_keyword: int = Field(0, ge=0, description="0 keeps every box above the thresholds")
+    sam_mask_threshold: float = 0.0
+    clip_masks_to_boxes: bool = False
+    image: Literal["source", "target"] = "source"
+    dilate_radius: int = Field(8, ge=0)
+    blur_sigma: float = Field(4.0, ge=0.0)
+    precise_weight: float = Field(0.0, ge=0.0)
+    smooth_weight: float = Field(0.5, ge=0.0)
+    box_weight: float = Field(0.5, ge=0.0)
+    hull_weight: float = Field(0.0, ge=0.0)
+    device: str = "auto"
+
+    def weights(self) -> soft.SoftMaskWeights:
+        return soft.SoftMaskWeights(self.precise_weight, self.smooth_weight, self.box_weight, self.hull_weight)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pretrained_pair(model_cls: Any, processor_cls: Any, spec: ModelSpec) -> Any:
+    """A from_pretrained-shaped loader returning (model, processor) like the twins do."""
+
+    def load(model_id: str, **kwargs: Any) -> tuple[Any, Any]:
+        dtype = getattr(torch, spec.dtype)
+        model = model_cls.from_pretrained(model_id, dtype=dtype, **kwargs).eval()
+        return model, processor_cls.from_pretrained(model_id, **kwargs)
+
+    return load
+
+
+@register_stage
+class GroundStage(Stage):
+    """Grounded-SAM masks and the Emu Edit soft mask for each sample's edited objects."""
+
+    kind = "ground"
+    Params = GroundParams
+    uses_models = True
+    default_batch_size = 8
+    params: GroundParams
+
+    def setup(self) -> None:
+        from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor, SamModel, SamProcessor
+
+        p = self.params
+        device = resolve_device(p.device)
+        seed = derive_seed(self.context.seed, "ground", "twins")
+        detector, detector_processor = load_model(
+            p.detector_model, twin="grounding-dino", seed=seed,
+            load=_pretrained_pair(GroundingDinoForObjectDetection, GroundingDinoProcessor, p.detector_model),
+        )
+        segmenter, segmenter_processor = load_model(
+            p.segmenter_model, twin="sam", seed=seed + 1,
+            load=_pretrained_pair(SamModel, SamProcessor, p.segmenter_model),
+        )
+        self.grounder = GroundedSegmenter(
+            detector.to(device), detector_processor, segmenter.to(device), segmenter_processor,
+            box_threshold=p.box_threshold, text_threshold=p.text_threshold,
+            max_boxes_per_keyword=p.max_boxes_per_keyword, sam_mask_threshold=p.sam_mask_threshold,
+            clip_to_boxes=p.clip_masks_to_boxes, device=device,
+        )
+
+    def __call__(self, batch: list[Sample]) -> list[Sample]:
+        if not hasattr(self, "grounder"):
+            self.setup()
+        for sample in batch:
+            if sample.alive:
+                self.ground_one(sample)
+        return batch
+
+    def ground_one(self, sample: Sample) -> None:
+        p = self.params
+        image = sample.source_image if p.image == "source" else sample.target_image
+        if image is None:
+            sample.fail(self.name, f"missing image: no {p.image}_image to ground")
+            return
+        result = self.grounder(image, sample.edit_objects)
+        if result.missing:
+            sample.fail(self.name, "no detection: " + ", ".join(repr(k) for k in result.missing))
+            return
+        precise = result.precise
+        mask = soft.soft_mask(
+            precise, result.boxes, dilate_radius=p.dilate_radius, blur_sigma=p.blur_sigma, weights=p.weights(),
+        )
+        sample.mask = soft.to_uint8(mask)
+        sample.meta["precise_mask"] = precise.astype(np.uint8) * 255
+        sample.meta["boxes"] = result.boxes_by_keyword()
+        sample.meta["whole_image"] = result.whole_image
+        best: dict[str, float] = {}
+        for d in result.detections:
+            best[d.keyword] = max(best.get(d.keyword, 0.0), d.score)
+        sample.scores["ground_score"] = min(best.values()) if best else 1.0
+
+    def score_columns(self) -> list[str]:
+        return ["ground_score"]
+
+    def model_ids(self) -> dict[str, str]:
+        return {
+            "detector_model": self.params.detector_model.describe(),
+            "segmenter_model": self.params.segmenter_model.describe(),
+        }

@@ -1,0 +1,208 @@
+"""Sources: where items come from, numbered 0..N-1 in an order that never changes.
+
+A stable numbering is what makes ids, seeds and shard names deterministic, and what lets
+a rerun skip exactly the shards that were committed.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import Field, field_validator
+
+from crispedit.images import ImageRejected, fit_within, read_image
+from crispedit.sample import Sample, sample_id
+from crispedit.stages.base import BuildContext, StageParams
+
+
+class Source(ABC):
+    """The first stage: turns item indices [start, end) into samples (rejects included)."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[StageParams]] = StageParams
+    name = "source"
+
+    def __init__(self, params: StageParams, context: BuildContext) -> None:
+        self.params = params
+        self.context = context
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many items there are. Must be cheap and must not depend on file contents."""
+
+    @abstractmethod
+    def load(self, start: int, end: int) -> list[Sample]:
+        """One sample per index in [start, end), in order; unreadable items become rejects."""
+
+
+T = TypeVar("T", bound=type[Source])
+SOURCES: dict[str, type[Source]] = {}
+
+
+def register_source(cls: T) -> T:
+    SOURCES[cls.kind] = cls
+    return cls
+
+
+class ImageSourceParams(StageParams):
+    edits_per_image: int = Field(1, ge=1, description="items per image: each gets its own edit")
+    max_side: int | None = Field(512, ge=16, description="downscale so the long side is at most this")
+    size_multiple: int = Field(8, ge=1, description="round width and height down to a multiple of this")
+    max_pixels: int = Field(64_000_000, ge=1, description="refuse larger images before decoding them")
+    limit: int | None = Field(None, ge=1, description="use at most this many images")
+    background: int = Field(255, ge=0, le=255, description="gray level alpha is composited onto")
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    ref: str
+    path: Path
+    caption: str
+
+
+class ImageListSource(Source):
+    """Shared loading for sources that are a fixed list of image files with captions."""
+
+    params: ImageSourceParams
+
+    @abstractmethod
+    def entries(self) -> list[ImageEntry]:
+        """The image files, in their fixed order."""
+
+    def _entries(self) -> list[ImageEntry]:
+        if not hasattr(self, "_cached_entries"):
+            found = self.entries()
+            self._cached_entries = found[: self.params.limit] if self.params.limit else found
+        return self._cached_entries
+
+    def count(self) -> int:
+        return len(self._entries()) * self.params.edits_per_image
+
+    def load(self, start: int, end: int) -> list[Sample]:
+        entries = self._entries()
+        per = self.params.edits_per_image
+        decoded: dict[int, tuple[Any, list[str]] | ImageRejected] = {}
+        samples = []
+        for index in range(start, end):
+            which, variant = divmod(index, per)
+            entry = entries[which]
+            sample = Sample(
+                id=sample_id(self.context.fingerprint, index),
+                index=index,
+                source_ref=entry.ref,
+                source_caption=entry.caption,
+                meta={"image_index": which, "variant": variant},
+            )
+            if which not in decoded:
+                try:
+                    pixels, notes = read_image(entry.path, self.params.max_pixels, self.params.background)
+                    decoded[which] = (fit_within(pixels, self.params.max_side, self.params.size_multiple), notes)
+                except ImageRejected as rejected:
+                    decoded[which] = rejected
+            result = decoded[which]
+            if isinstance(result, ImageRejected):
+                sample.fail(self.name, str(result))
+            else:
+                pixels, notes = result
+                sample.source_image = pixels
+                sample.provenance["source"] = {"ref": entry.ref, "conversions": notes}
+            samples.append(sample)
+        return samples
+
+
+class FolderParams(ImageSourceParams):
+    folder: Path
+    recursive: bool = True
+    captions: str = Field(
+        "filename",
+        pattern="^(filename|sidecar)$",
+        description="'filename': a caption from the file name; 'sidecar': NAME.txt beside each image",
+    )
+    caption_template: str = "a photo of {name}"
+
+    @field_validator("folder")
+    @classmethod
+    def _exists(cls, folder: Path) -> Path:
+        if not folder.is_dir():
+            raise ValueError(f"no such folder: {folder}")
+        return folder
+
+
+@register_source
+class FolderSource(ImageListSource):
+    """Every file under a folder, in sorted path order. Non-image files become rejects, not skips."""
+
+    kind = "folder"
+    Params = FolderParams
+    params: FolderParams
+
+    def entries(self) -> list[ImageEntry]:
+        root = self.params.folder
+        pattern = "**/*" if self.params.recursive else "*"
+        files = sorted(
+            (p for p in root.glob(pattern) if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
+        if self.params.captions == "sidecar":
+            files = [p for p in files if p.suffix.lower() != ".txt"]
+        return [ImageEntry(p.relative_to(root).as_posix(), p, self._caption(p)) for p in files]
+
+    def _caption(self, path: Path) -> str:
+        if self.params.captions == "sidecar":
+            sidecar = path.with_suffix(".txt")
+            if sidecar.is_file():
+                return sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        words = re.sub(r"[_\-.]+", " ", path.stem)
+        words = re.sub(r"\d+", " ", words).strip()
+        return self.params.caption_template.format(name=re.sub(r"\s+", " ", words) or "something")
+
+
+#: scikit-image's bundled photographs (no download needed), with honest captions.
+SKIMAGE_PHOTOS: dict[str, tuple[str, str]] = {
+    "astronaut": ("astronaut.png", "a portrait of an astronaut in a white spacesuit in front of an American flag"),
+    "chelsea": ("chelsea.png", "a close-up photo of a tabby cat"),
+    "coffee": ("coffee.png", "a cup of coffee on a saucer with a spoon"),
+    "rocket": ("rocket.jpg", "a rocket on a launch pad under a blue sky"),
+    "hubble_deep_field": ("hubble_deep_field.jpg", "a deep-space telescope image full of distant galaxies"),
+    "immunohistochemistry": ("ihc.png", "a microscope image of stained tissue"),
+    "motorcycle": ("motorcycle_left.png", "a red motorcycle parked in a garage"),
+    "camera": ("camera.png", "a black and white photo of a man with a camera on a tripod"),
+    "coins": ("coins.png", "a grayscale photo of old coins on a dark background"),
+    "retina": ("retina.jpg", "a photograph of the retina of a human eye"),
+    "colorwheel": ("color.png", "a color wheel"),
+    "logo": ("logo.png", "the scikit-image logo"),
+}
+
+
+class SkimageParams(ImageSourceParams):
+    photos: list[str] = Field(default_factory=lambda: ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle", "immunohistochemistry", "camera"])
+
+    @field_validator("photos")
+    @classmethod
+    def _known(cls, photos: list[str]) -> list[str]:
+        unknown = [p for p in photos if p not in SKIMAGE_PHOTOS]
+        if unknown:
+            raise ValueError(f"unknown photos {unknown}; known: {sorted(SKIMAGE_PHOTOS)}")
+        return photos
+
+
+@register_source
+class SkimageSource(ImageListSource):
+    """The photographs that ship inside scikit-image: a real dataset with no network at all."""
+
+    kind = "skimage"
+    Params = SkimageParams
+    params: SkimageParams
+
+    def entries(self) -> list[ImageEntry]:
+        from skimage import data as skdata
+
+        folder = Path(skdata.data_dir)
+        return [
+            ImageEntry(f"skimage:{name}", folder / SKIMAGE_PHOTOS[name][0], SKIMAGE_PHOTOS[name][1])
+            for name in self.params.photos
+        ]
