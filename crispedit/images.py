@@ -46,6 +46,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, background: 
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
+            kind = _claimed_format(data)
+            if kind:
+                raise ImageRejected("corrupt image", f"starts like {kind} but cannot be parsed") from None
             raise ImageRejected("not an image", "no known image format") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise ImageRejected("image too large", str(error)) from None
@@ -70,6 +73,24 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, background: 
         image = ImageOps.exif_transpose(image)
         notes.append(f"exif-rotated (orientation {orientation})")
     return _to_rgb(image, notes, background), notes
+
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The format a file's magic bytes claim, to tell a broken image from a non-image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def _to_rgb(image: Image.Image, notes: list[str], background: int) -> np.ndarray:

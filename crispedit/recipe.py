@@ -127,16 +127,18 @@ def load_plan(
         if s is not None and names.count(s.name) > 1:
             problems.append(Problem(s.origin, s.line, (), f"two stages are named {s.name!r}; give one a `name:`"))
     for key in recipe.execution.stages:
-        if key not in names:
+        if key not in names and key not in ("source", "write"):
             problems.append(
                 doc.problem(("execution", "stages", key), f"no stage is named {key!r} (stages: {', '.join(names)})")
             )
 
+    # A recipe may come from anyone, so its output.dir must stay inside output.root; a
+    # directory typed on the command line (``out``) is the user's own choice and is taken as is.
     output_dir: Path | None = None
     try:
-        output_dir = contained(recipe.output.root, out if out is not None else recipe.output.dir)
+        output_dir = Path(out).resolve() if out is not None else contained(recipe.output.root, recipe.output.dir)
     except UnsafePathError as error:
-        problems.append(doc.problem(("output", "dir"), f"refused: {error}; output must stay inside output.root"))
+        problems.append(doc.problem(("output", "dir"), f"refused: {error}; output.dir must stay inside output.root"))
 
     if problems or source is None or output_dir is None or any(s is None for s in stages):
         raise RecipeError(problems)

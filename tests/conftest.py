@@ -1,0 +1,42 @@
+"""Shared fixtures: the repository, a local Ray instance, and one quickstart build per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session, with its CPUs stated, shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def quickstart_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart recipe built once, in-process: OUT with OUT/data/*.parquet."""
+    from crispedit.engine import build
+    from crispedit.recipe import load_plan
+
+    out = tmp_path_factory.mktemp("quickstart")
+    build(load_plan(QUICKSTART, out=out), runner="local", progress=False)
+    return out
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
