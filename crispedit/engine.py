@@ -316,7 +316,8 @@ def _run_ray(
     execution = plan.recipe.execution
     started_here = False
     if not ray.is_initialized():
-        init: dict[str, Any] = {"address": address or execution.address, "include_dashboard": False, "logging_level": logging.WARNING}
+        quiet = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
+        init: dict[str, Any] = {"address": address or execution.address, "include_dashboard": False, "logging_level": quiet}
         if not init["address"]:
             init["num_cpus"] = num_cpus or execution.num_cpus
             if execution.num_gpus is not None:
@@ -324,6 +325,8 @@ def _run_ray(
         ray.init(**{k: v for k, v in init.items() if v is not None})
         started_here = True
     try:
+        if not log.isEnabledFor(logging.INFO):
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
