@@ -13,7 +13,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,86 +220,78 @@ class _progress:
 
 
 def _run_local(plan: BuildPlan, todo: list[ShardRange], advance: Callable[[dict[str, Any]], None], **_: Any) -> None:
-    context = context_for(plan)
-    source = make_source(plan, context)
-    stages = [make_stage(e, context) for e in plan.stages]
-    sizes = [batch_size_for(plan, e) for e in plan.stages]
-    for stage in stages:
-        stage.setup()
-    store = store_for(plan)
+    """Every step fused into one segment, called shard by shard: the Ray code path, minus Ray."""
+    segment = _SegmentFn(plan, [SOURCE, *range(len(plan.stages)), WRITE])
     for shard in todo:
-        samples, stats = load_shard(source, shard)
-        for stage, size in zip(stages, sizes):
-            run_stage(stage, size, samples, stats)
-        advance(store.write(shard, samples, stats))
+        result = segment(pa.Table.from_pylist([{"start": shard.start, "end": shard.end}]))
+        advance(json.loads(result.column("marker")[0].as_py()))
 
 
 # --- Ray runner -----------------------------------------------------------------------
+#
+# Steps are "source", each stage index, and "write". Consecutive steps without models are
+# fused into one Ray task (no serialisation between them); each model stage is its own
+# actor-pool step. Between steps a shard travels as one row: its range and its pickled
+# samples and stats. The writing step returns only the commit marker.
+
+SOURCE, WRITE = "source", "write"
+Step = str | int
+
+_ROW = pa.schema([("start", pa.int64()), ("end", pa.int64()), ("payload", pa.large_binary()), ("marker", pa.string())])
 
 
-def _pack(shard: ShardRange, samples: list[Sample], stats: dict[str, StageStats]) -> dict[str, Any]:
-    return {"start": shard.start, "end": shard.end, "payload": pickle.dumps((samples, stats), protocol=5)}
-
-
-def _rows(batch: pa.Table) -> Iterator[tuple[ShardRange, list[Sample], dict[str, StageStats]]]:
-    for row in batch.to_pylist():
-        shard = ShardRange(row["start"], row["end"])
-        if row.get("payload") is None:
-            yield shard, [], {}
+def segments(plan: BuildPlan) -> list[list[Step]]:
+    """Group the steps into Ray steps: model stages alone, everything between them fused."""
+    groups: list[list[Step]] = [[SOURCE]]
+    for index, entry in enumerate(plan.stages):
+        if STAGES[entry.kind].uses_models:
+            groups += [[index], []]
         else:
-            samples, stats = pickle.loads(row["payload"])
-            yield shard, samples, stats
+            groups[-1].append(index)
+    groups[-1].append(WRITE)
+    return [g for g in groups if g]
 
 
-_PACKED = pa.schema([("start", pa.int64()), ("end", pa.int64()), ("payload", pa.large_binary())])
+class _SegmentFn:
+    """A Ray task or actor body running some consecutive steps over whole shards."""
 
-
-def _table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=_PACKED)
-
-
-class _SourceFn:
-    """Ray task body: shard range -> packed samples."""
-
-    def __init__(self, plan: BuildPlan) -> None:
-        self.plan = plan
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        source = make_source(self.plan, context_for(self.plan))
-        out = []
-        for shard, _, _ in _rows(batch):
-            samples, stats = load_shard(source, shard)
-            out.append(_pack(shard, samples, stats))
-        return _table(out)
-
-
-class _StageFn:
-    """Ray task or actor body: one stage over packed shards. As an actor, ``setup()`` runs once."""
-
-    def __init__(self, plan: BuildPlan, index: int) -> None:
-        entry = plan.stages[index]
-        self.stage = make_stage(entry, context_for(plan))
-        self.batch_size = batch_size_for(plan, entry)
-        self.stage.setup()
+    def __init__(self, plan: BuildPlan, steps: list[Step]) -> None:
+        self.plan, self.steps = plan, steps
+        context = context_for(plan)
+        self.source = make_source(plan, context) if SOURCE in steps else None
+        self.stages = {i: make_stage(plan.stages[i], context) for i in steps if isinstance(i, int)}
+        self.sizes = {i: batch_size_for(plan, plan.stages[i]) for i in self.stages}
+        self.store = store_for(plan) if WRITE in steps else None
+        for stage in self.stages.values():
+            stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
-        for shard, samples, stats in _rows(batch):
-            run_stage(self.stage, self.batch_size, samples, stats)
-            out.append(_pack(shard, samples, stats))
-        return _table(out)
+        for row in batch.to_pylist():
+            shard = ShardRange(row["start"], row["end"])
+            if self.source is not None:
+                samples, stats = load_shard(self.source, shard)
+            else:
+                samples, stats = pickle.loads(row["payload"])  # produced by the previous step of this build
+            for index, stage in self.stages.items():
+                run_stage(stage, self.sizes[index], samples, stats)
+            if self.store is not None:
+                marker = self.store.write(shard, samples, stats)
+                out.append({"start": shard.start, "end": shard.end, "payload": None, "marker": json.dumps(marker)})
+            else:
+                payload = pickle.dumps((samples, stats), protocol=5)
+                out.append({"start": shard.start, "end": shard.end, "payload": payload, "marker": None})
+        return pa.Table.from_pylist(out, schema=_ROW)
 
 
-class _WriteFn:
-    """Ray task body: commit a shard on the worker; only its marker travels back."""
+class _TaskSegment:
+    """Task flavour: built inside each task call, since tasks keep no state between calls."""
 
-    def __init__(self, plan: BuildPlan) -> None:
-        self.plan = plan
+    def __init__(self, plan: BuildPlan, steps: list[Step]) -> None:
+        self.plan, self.steps = plan, steps
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        store = store_for(self.plan)
-        markers = [store.write(shard, samples, stats) for shard, samples, stats in _rows(batch)]
-        return pa.table({"marker": [json.dumps(m) for m in markers]})
+        return _SegmentFn(self.plan, self.steps)(batch)
 
 
 def _run_ray(
@@ -330,24 +322,23 @@ def _run_ray(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-        ds = ray.data.from_items([{"start": s.start, "end": s.end, "payload": None} for s in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(_SourceFn(plan), batch_size=1, batch_format="pyarrow", num_cpus=_cpus(plan, "source", 1.0))
-        for index, entry in enumerate(plan.stages):
-            cls = STAGES[entry.kind]
-            resources = execution.stages.get(entry.name)
-            gpus = resources.num_gpus if resources else 0.0
-            if cls.uses_models:
-                size = (resources.concurrency if resources and resources.concurrency else 1)
+        ds = ray.data.from_items([{"start": s.start, "end": s.end} for s in todo], override_num_blocks=len(todo))
+        for steps in segments(plan):
+            names = [SOURCE if s == SOURCE else WRITE if s == WRITE else plan.stages[s].name for s in steps]
+            if len(steps) == 1 and isinstance(steps[0], int):
+                resources = execution.stages.get(names[0])
                 ds = ds.map_batches(
-                    _StageFn, fn_constructor_args=(plan, index), compute=ray.data.ActorPoolStrategy(size=size),
-                    batch_size=1, batch_format="pyarrow", num_cpus=_cpus(plan, entry.name, _actor_cpus(plan)), num_gpus=gpus or None,
+                    _SegmentFn, fn_constructor_args=(plan, steps),
+                    compute=ray.data.ActorPoolStrategy(size=resources.concurrency if resources and resources.concurrency else 1),
+                    batch_size=1, batch_format="pyarrow",
+                    num_cpus=_cpus(plan, names, _actor_cpus(plan)),
+                    num_gpus=(resources.num_gpus if resources else 0.0) or None,
                 )
             else:
                 ds = ds.map_batches(
-                    _StageTask(plan, index), batch_size=1, batch_format="pyarrow", num_cpus=_cpus(plan, entry.name, 1.0),
-                    num_gpus=gpus or None,
+                    _TaskSegment(plan, steps), batch_size=1, batch_format="pyarrow",
+                    num_cpus=_cpus(plan, names, 1.0), num_gpus=_gpus(plan, names) or None,
                 )
-        ds = ds.map_batches(_WriteFn(plan), batch_size=1, batch_format="pyarrow", num_cpus=_cpus(plan, "write", 1.0))
         for row in ds.iter_rows():
             advance(json.loads(row["marker"]))
     finally:
@@ -355,32 +346,24 @@ def _run_ray(
             ray.shutdown()
 
 
-class _StageTask:
-    """Ray task body for a stage without models: built per call, nothing to keep warm."""
-
-    def __init__(self, plan: BuildPlan, index: int) -> None:
-        self.plan, self.index = plan, index
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return _StageFn(self.plan, self.index)(batch)
+def _cpus(plan: BuildPlan, names: list[str], default: float) -> float:
+    """CPUs for a Ray step: the most any of its fused stages asks for, else ``default``."""
+    asked = [r.num_cpus for n in names if (r := plan.recipe.execution.stages.get(n)) and r.num_cpus is not None]
+    return max(asked) if asked else default
 
 
-def _cpus(plan: BuildPlan, name: str, default: float) -> float:
-    resources = plan.recipe.execution.stages.get(name)
-    if resources is not None and resources.num_cpus is not None:
-        return resources.num_cpus
-    return default
+def _gpus(plan: BuildPlan, names: list[str]) -> float:
+    return max([r.num_gpus for n in names if (r := plan.recipe.execution.stages.get(n))] or [0.0])
 
 
 def _actor_cpus(plan: BuildPlan) -> float:
     """CPUs reserved per model actor. Actors hold their CPUs for the whole build, so on a small
-    machine they must leave room for the task stages or the pipeline would stall."""
+    machine they must leave room for the task steps or the pipeline would stall."""
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
+    stages = plan.recipe.execution.stages
     actors = sum(
-        (plan.recipe.execution.stages[e.name].concurrency or 1) if e.name in plan.recipe.execution.stages else 1
-        for e in plan.stages
-        if STAGES[e.kind].uses_models
+        (stages[e.name].concurrency or 1) if e.name in stages else 1 for e in plan.stages if STAGES[e.kind].uses_models
     )
     return min(1.0, total / (2.0 * max(actors, 1)))

@@ -55,20 +55,31 @@ def gaussian_kernel_size(sigma: float) -> int:
 
 
 def blur(mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-blur a mask to float32 in [0, 1]; sigma 0 returns the mask unchanged (as float)."""
-    soft = mask.astype(np.float32)
-    if soft.max(initial=0.0) > 1.0:
-        soft = soft / 255.0
+    """Gaussian-blur a mask to float32 in [0, 1]; sigma 0 returns the mask unchanged (as float).
+
+    uint8 masks are read as 0/255 unless they are 0/1 (OpenCV morphology output).
+    """
+    if mask.dtype == np.uint8 and mask.max(initial=0) <= 1:
+        unit = mask.astype(np.float32)
+    elif mask.dtype == np.uint8:
+        unit = mask.astype(np.float32) * np.float32(1.0 / 255.0)
+    else:
+        unit = np.clip(mask.astype(np.float32), 0.0, 1.0)
+    return _blur_unit(unit, sigma)
+
+
+def _blur_unit(unit: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur a float32 mask already in [0, 1]; a Gaussian (a convex combination) keeps it there."""
     if sigma <= 0:
-        return soft
+        return unit
     k = gaussian_kernel_size(sigma)
-    out = cv2.GaussianBlur(soft, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
-    return np.clip(out, 0.0, 1.0)
+    out = cv2.GaussianBlur(unit, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
+    return np.clip(out, 0.0, 1.0, out=out)  # float rounding only
 
 
 def smooth_mask(precise: np.ndarray, radius: int, sigma: float) -> np.ndarray:
     """Emu Edit's smooth mask: dilate the precise mask by ``radius`` px, then blur with ``sigma`` px."""
-    return blur(dilate(precise, radius), sigma)
+    return _blur_unit(dilate(precise, radius).astype(np.float32), sigma)
 
 
 def box_pixels(box: Box, height: int, width: int) -> tuple[int, int, int, int]:
@@ -152,10 +163,12 @@ def fuse(components: dict[str, np.ndarray], weights: dict[str, float]) -> np.nda
     for name, weight in weights.items():
         if weight == 0:
             continue
-        term = components[name].astype(np.float32)
-        if weight != total:
-            term = term * np.float32(weight / total)
-        out = term if out is None else out + term
+        term = components[name]
+        scale = np.float32(weight / total)
+        if out is None:
+            out = term.astype(np.float32) if scale == 1 else np.multiply(term, scale, dtype=np.float32)
+        else:
+            out = cv2.scaleAdd(term.astype(np.float32, copy=False), float(scale), out, dst=out)
     assert out is not None
     return np.clip(out, 0.0, 1.0, out=out)
 

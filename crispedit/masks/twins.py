@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from crispedit.models import register_twin
 
@@ -32,6 +31,8 @@ TINY_WORDS = (
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed torch for a block without disturbing the caller's global RNG state."""
+    import torch  # imported here so registering twins costs nothing until one is built
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -196,4 +197,3 @@ def tiny_sdxl_unet(seed: int, cross_attention_dim: int = 32) -> Any:
         ).eval()
 
 
-TwinBuilder = Callable[[int], Any]

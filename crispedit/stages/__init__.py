@@ -1,6 +1,6 @@
 """Every built-in stage and source kind, registered on import."""
 
-from crispedit.stages import classical, copy, instruct, pixel_change, source  # noqa: F401
+from crispedit.stages import classical, copy, ground, instruct, mask_filter, pixel_change, pixel_threshold, source  # noqa: F401
 from crispedit.stages.base import STAGES, BuildContext, Stage, StageParams, register_stage
 from crispedit.stages.source import SOURCES, Source, register_source
 

@@ -8,17 +8,18 @@ detection score, kept so a dataset can be re-filtered on it without regrounding.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from crispedit.masks import soft
-from crispedit.masks.grounding import GroundedSegmenter
+from crispedit.masks import soft, twins  # noqa: F401  (twins: registers the tiny GroundingDINO and SAM)
 from crispedit.models import ModelSpec, load_model
 from crispedit.sample import Sample, derive_seed
 from crispedit.stages.base import Stage, StageParams, register_stage
+
+if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a recipe stays light
+    import torch
 
 
 class GroundParams(StageParams):
@@ -32,6 +33,7 @@ class GroundParams(StageParams):
     sam_mask_threshold: float = 0.0
     clip_masks_to_boxes: bool = False
     image: Literal["source", "target"] = "source"
+    keywords: list[str] = Field(default_factory=list, description="grounded in every sample besides its edit_objects")
     dilate_radius: int = Field(8, ge=0)
     blur_sigma: float = Field(4.0, ge=0.0)
     precise_weight: float = Field(0.0, ge=0.0)
@@ -46,6 +48,8 @@ class GroundParams(StageParams):
 
 def resolve_device(device: str) -> torch.device:
     """'auto' is the first GPU when there is one, else the CPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -55,6 +59,8 @@ def _pretrained_pair(model_cls: Any, processor_cls: Any, spec: ModelSpec) -> Any
     """A from_pretrained-shaped loader returning (model, processor) like the twins do."""
 
     def load(model_id: str, **kwargs: Any) -> tuple[Any, Any]:
+        import torch
+
         dtype = getattr(torch, spec.dtype)
         model = model_cls.from_pretrained(model_id, dtype=dtype, **kwargs).eval()
         return model, processor_cls.from_pretrained(model_id, **kwargs)
@@ -73,6 +79,8 @@ class GroundStage(Stage):
     params: GroundParams
 
     def setup(self) -> None:
+        from crispedit.masks.grounding import GroundedSegmenter
+
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor, SamModel, SamProcessor
 
         p = self.params
@@ -107,7 +115,10 @@ class GroundStage(Stage):
         if image is None:
             sample.fail(self.name, f"missing image: no {p.image}_image to ground")
             return
-        result = self.grounder(image, sample.edit_objects)
+        from crispedit.masks.grounding import is_whole_image
+
+        named = [k for k in sample.edit_objects if not is_whole_image([k])]
+        result = self.grounder(image, named + list(p.keywords))
         if result.missing:
             sample.fail(self.name, "no detection: " + ", ".join(repr(k) for k in result.missing))
             return
