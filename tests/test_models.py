@@ -53,7 +53,6 @@ def test_load_model_builds_the_twin_or_calls_the_loader() -> None:
 
 
 def test_tiny_changes_the_fingerprint_of_a_recipe_with_models(tmp_path: Path) -> None:
-    pytest.importorskip("crispedit.stages.ground")
     text = (Path(__file__).resolve().parents[1] / "recipes" / "ground.yaml").read_text()
     path = write_recipe(tmp_path, text)
     real, tiny = load_plan(path), load_plan(path, tiny=True)

@@ -17,7 +17,6 @@ misaligns non-square pairs); a target of a different size is first resized to th
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -234,7 +233,3 @@ class PairStream:
                     positions=[i[0] for i in items],
                 )
                 items = []
-
-
-def epoch_length(stream: PairStream) -> int:
-    return int(math.fsum(len(d) for d in stream.datasets))

@@ -21,7 +21,7 @@ from .components import build_text, build_transformer_from_config, build_vq
 from .config import MGTConfig
 from .data import PairBatch, PairStream
 from .masking import mask_tokens, masked_cross_entropy, sample_mask_ratios
-from .text import TextConditioner, TextEmbeddings
+from .text import TextConditioner
 from .tokenizer import VQTokenizer
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-import crispedit.stages.ground  # noqa: F401  (registers the kinds even before crispedit.stages imports them)
-import crispedit.stages.mask_filter  # noqa: F401
 from crispedit.cli import main
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "ground.yaml"

@@ -1,0 +1,134 @@
+"""MaskGIT sampling with classifier-free guidance and region-hold.
+
+Step k of N (as aMUSEd/EditMGT's scheduler): sample every masked token from
+softmax(l_u + s (l_c - l_u)); apply region-hold (masked tokens in the hold set take the
+source token); on the last step return; otherwise keep L = max(1, min(floor(N_tok m),
+n_masked - 1)) tokens masked, m = cos(pi/2 (k+1)/N), choosing the L lowest confidences
+c = log p(x) + T_k Gumbel (already-known tokens never re-masked), T_k = linspace(T0, T1, N)[k].
+
+The unconditional branch is the negative prompt with the SAME reference image, as upstream.
+Region-hold only reads attention (attention.py) and draws no random numbers, so with
+tau = 0 the token sequence is identical to plain sampling for the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import AttentionCapture
+from .region_hold import hold_mask
+from .text import TextEmbeddings
+
+
+@dataclass
+class SampleTrace:
+    """Optional per-step record for tests and debugging (kept on device)."""
+
+    hold_maps: list[torch.Tensor] = field(default_factory=list)
+
+
+def _batched(x: torch.Tensor, b: int) -> torch.Tensor:
+    return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b != 1 else x
+
+
+@torch.no_grad()
+def maskgit_sample(
+    model: torch.nn.Module,
+    reference_ids: torch.Tensor,
+    cond: TextEmbeddings,
+    uncond: TextEmbeddings,
+    micro_conds: torch.Tensor,
+    *,
+    steps: int,
+    guidance_scale: float,
+    generator: torch.Generator,
+    reference_strength: float = 1.0,
+    tau: float | None = None,
+    capture_blocks: tuple[int, ...] = (),
+    keyword_rows: torch.Tensor | None = None,
+    hold: torch.Tensor | None = None,
+    temperature: tuple[float, float] = (2.0, 0.0),
+    timestep_mode: str = "ratio",
+    trace: SampleTrace | None = None,
+) -> torch.Tensor:
+    """Token ids (B, H, W) of the edited image.
+
+    reference_ids: (B, H, W) source tokens. tau=None disables region-hold (no capture);
+    a float enables capture in `capture_blocks` and holds {S' < tau}. `hold` (B, H, W) bool
+    is an explicit hold set (e.g. from a dataset mask), applied in addition.
+    """
+    cfg = model.config
+    mask_id = cfg.vocab_size - 1
+    device = reference_ids.device
+    b, h, w = reference_ids.shape
+    n_tok = h * w
+    use_cfg = guidance_scale != 1.0
+    cond_h, cond_p = _batched(cond.hidden, b), _batched(cond.pooled, b)
+    if use_cfg:
+        text_h = torch.cat([_batched(uncond.hidden, b), cond_h]).to(device)
+        text_p = torch.cat([_batched(uncond.pooled, b), cond_p]).to(device)
+        ref = torch.cat([reference_ids, reference_ids])
+        micro = torch.cat([micro_conds, micro_conds]).to(device)
+    else:
+        text_h, text_p, ref, micro = cond_h.to(device), cond_p.to(device), reference_ids, micro_conds.to(device)
+    if tau is not None:
+        blocks = set(capture_blocks)
+        if not blocks or max(blocks) >= model.num_blocks:
+            raise ValueError(f"capture_blocks {sorted(blocks)} must be non-empty and < {model.num_blocks} blocks")
+    # Transformer grid (after the optional 2x down block) vs token grid.
+    grid = (h // 2, w // 2) if cfg.downsample else (h, w)
+    src_flat = reference_ids.reshape(b, -1)
+    hold_flat = hold.reshape(b, -1).to(device) if hold is not None else None
+    temps = torch.linspace(temperature[0], temperature[1], steps).tolist()
+
+    ids = torch.full((b, n_tok), mask_id, dtype=torch.long, device=device)
+    for k in range(steps):
+        masked = ids == mask_id
+        if timestep_mode == "ratio":
+            timestep = masked.float().mean(dim=1)
+        elif timestep_mode == "step_index":
+            timestep = torch.full((b,), float(steps - 1 - k), device=device)
+        else:
+            raise ValueError(f"timestep_mode must be 'ratio' or 'step_index', got {timestep_mode!r}")
+        capture = None
+        if tau is not None:
+            capture = AttentionCapture(blocks, keyword_rows, slice(b, 2 * b) if use_cfg else slice(None))
+        model_in = ids.reshape(b, h, w)
+        if use_cfg:
+            model_in, timestep = torch.cat([model_in, model_in]), torch.cat([timestep, timestep])
+        logits = model(model_in, text_h, text_p, micro, timestep, reference_ids=ref,
+                       reference_strength=reference_strength, capture=capture)
+        if use_cfg:
+            l_u, l_c = logits.float().chunk(2)
+            logits = l_u + guidance_scale * (l_c - l_u)
+        logits = logits.float().permute(0, 2, 3, 1).reshape(b, n_tok, -1)
+        probs = logits.softmax(dim=-1)
+        sampled = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(b, n_tok)
+        sampled = torch.where(masked, sampled, ids)
+
+        held = hold_flat
+        if capture is not None:
+            attn_hold = hold_mask(capture.consolidated(), grid, (h, w), tau).reshape(b, -1)
+            held = attn_hold if held is None else held | attn_hold
+            if trace is not None:
+                trace.hold_maps.append(attn_hold)
+        if held is not None:
+            sampled = torch.where(held & masked, src_flat, sampled)
+
+        if k == steps - 1:
+            ids = sampled
+            break
+        chosen_p = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        u = torch.rand(chosen_p.shape, generator=generator, device=device).clamp_(1e-20, 1.0)
+        gumbel = -torch.log(-torch.log(u).clamp_min(1e-20))
+        confidence = torch.log(chosen_p.clamp_min(1e-20)) + temps[k] * gumbel
+        confidence = torch.where(masked, confidence, torch.full_like(confidence, torch.finfo(confidence.dtype).max))
+        ratio = math.cos(math.pi / 2 * (k + 1) / steps)
+        mask_len = torch.full((b,), math.floor(n_tok * ratio), device=device)
+        mask_len = torch.maximum(torch.ones_like(mask_len), torch.minimum(masked.sum(dim=1) - 1, mask_len))
+        rank = confidence.argsort(dim=1).argsort(dim=1)
+        ids = torch.where(rank < mask_len[:, None], torch.full_like(sampled, mask_id), sampled)
+    return ids.reshape(b, h, w)
