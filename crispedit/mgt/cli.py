@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -30,10 +31,17 @@ def _train(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from crispedit.images import ImageRejected, read_image
+
     from .pipeline import EditPipeline
 
+    try:  # the same checks as a build's source: a bad file is a clear message, not a traceback
+        pixels, _ = read_image(Path(args.image))
+    except ImageRejected as error:
+        print(f"error: {args.image}: {error}", file=sys.stderr)
+        return 2
     pipe = EditPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
-    image = pipe(Image.open(args.image), args.instruction, steps=args.steps, guidance_scale=args.guidance,
+    image = pipe(Image.fromarray(pixels), args.instruction, steps=args.steps, guidance_scale=args.guidance,
                  seed=args.seed, tau=args.tau, keywords=args.keyword)
     image.save(args.out)
     print(args.out)
@@ -44,7 +52,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_report
 
     report = evaluate(args.checkpoint, args.benchmark, steps=args.steps, seed=args.seed, limit=args.limit,
-                      device=_device(args.device))
+                      device=_device(args.device), clip_id=args.clip_model, dino_id=args.dino_model)
     if args.out:
         write_report(report, args.out)
     print(json.dumps(report["metrics"], indent=2))
@@ -83,6 +91,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP id or path for CLIP-I and CLIP-T")
+    p.add_argument("--dino-model", default="facebook/dinov2-base", help="DINOv2 id or path for DINO")
     p.set_defaults(func=_eval)
 
 

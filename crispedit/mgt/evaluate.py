@@ -6,8 +6,8 @@ source, then, at the benchmark's resolution:
     CLIP-I  cosine(CLIP image emb(edited), CLIP image emb(target))
     DINO    cosine(DINOv2 CLS(edited), DINOv2 CLS(target))
     CLIP-T  cosine(CLIP image emb(edited), CLIP text emb(target caption, else instruction))
-as in MagicBrush/Emu Edit evaluations. The CLIP/DINOv2 ids come from the checkpoint's
-config (`eval_clip`, `eval_dino` defaults below); a tiny config uses tiny twins.
+as in MagicBrush/Emu Edit evaluations. The CLIP and DINOv2 ids default to the ones below and
+are set with `crispedit eval --clip-model ... --dino-model ...`; a tiny config uses tiny twins.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class MetricModels:
-    def __init__(self, tiny: bool, seed: int = 0, device: str | torch.device = "cpu") -> None:
+    def __init__(self, tiny: bool, seed: int = 0, device: str | torch.device = "cpu",
+                 clip_id: str = EVAL_CLIP_ID, dino_id: str = EVAL_DINO_ID) -> None:
         self.device = torch.device(device)
         if tiny:
             from .tiny import tiny_clip_model, tiny_clip_tokenizer, tiny_dino_model
@@ -41,8 +42,8 @@ class MetricModels:
         else:
             from transformers import AutoModel, CLIPModel, CLIPTokenizer
 
-            self.clip, self.clip_tok = CLIPModel.from_pretrained(EVAL_CLIP_ID), CLIPTokenizer.from_pretrained(EVAL_CLIP_ID)
-            self.dino = AutoModel.from_pretrained(EVAL_DINO_ID)
+            self.clip, self.clip_tok = CLIPModel.from_pretrained(clip_id), CLIPTokenizer.from_pretrained(clip_id)
+            self.dino = AutoModel.from_pretrained(dino_id)
         self.clip.to(self.device).eval()
         self.dino.to(self.device).eval()
 
@@ -95,9 +96,11 @@ def _column(names: list[str], candidates: tuple[str, ...]) -> str:
 
 
 def evaluate(checkpoint: str | Path, benchmark: str | Path, steps: int | None = None, seed: int = 0,
-             limit: int | None = None, device: str = "cpu") -> dict[str, object]:
+             limit: int | None = None, device: str = "cpu", clip_id: str = EVAL_CLIP_ID,
+             dino_id: str = EVAL_DINO_ID) -> dict[str, object]:
     pipe = EditPipeline.from_checkpoint(checkpoint, device=device)
-    models = MetricModels(tiny=pipe.cfg.is_tiny, seed=pipe.cfg.model.tiny_seed, device=device)
+    models = MetricModels(tiny=pipe.cfg.is_tiny, seed=pipe.cfg.model.tiny_seed, device=device,
+                          clip_id=clip_id, dino_id=dino_id)
     table = pq.read_table(benchmark)
     names = table.column_names
     c_instr, c_src, c_tgt = (_column(names, c) for c in (INSTRUCTION_COLUMNS, SOURCE_COLUMNS, TARGET_COLUMNS))

@@ -62,7 +62,9 @@ class EditPipeline:
         device = torch.device(device)
         vq = build_vq(cfg.model)
         vq.vq.to(device)
-        return cls(cfg, model.to(device, dtype).eval(), vq, build_text(cfg.model).to(device), device)
+        # ModelMixin.to(dtype) warns even for float32; cast only when the dtype changes.
+        model = model.to(device) if dtype == torch.float32 else model.to(device, dtype)
+        return cls(cfg, model.eval(), vq, build_text(cfg.model).to(device), device)
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         src, _, micro = crop_pair(image.convert("RGB"), image.convert("RGB"), self.cfg.model.resolution, rng=None)
