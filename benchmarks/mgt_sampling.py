@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config={cfg.name} params={n_params / 1e6:.1f}M image={cfg.model.resolution}px tokens={side}x{side} "
           f"steps={steps} guidance={guidance} batch={b} device={device} dtype={args.dtype} "
           f"threads={torch.get_num_threads()} capture_blocks={list(blocks)} tau={args.tau}")
-    print(f"| variant      | median s/edit | min s/edit | runs |")
-    print(f"|--------------|---------------|------------|------|")
+    print("| variant      | median s/edit | min s/edit | runs |")
+    print("|--------------|---------------|------------|------|")
     print(f"| plain        | {p_med / b:13.3f} | {min(plain) / b:10.3f} | {len(plain):4d} |")
     print(f"| region-hold  | {h_med / b:13.3f} | {min(held) / b:10.3f} | {len(held):4d} |")
     print(f"region-hold overhead, end to end: {overhead:+.2f}% (medians), {overhead_min:+.2f}% (minimums); target < 5%")

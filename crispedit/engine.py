@@ -23,7 +23,13 @@ import pyarrow as pa
 from crispedit import __version__
 from crispedit.recipe import BuildPlan, Entry
 from crispedit.sample import Sample
-from crispedit.shards import ShardRange, ShardStore, atomic_write_text, plan_shards, summarize
+from crispedit.shards import (
+    ShardRange,
+    ShardStore,
+    atomic_write_text,
+    plan_shards,
+    summarize,
+)
 from crispedit.stages import SOURCES, STAGES, BuildContext, Source, Stage
 from crispedit.stages.base import StageStats, apply_stage
 
@@ -193,7 +199,14 @@ class _progress:
     def __enter__(self) -> Callable[[dict[str, Any]], None]:
         rows = rejects = 0
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),

@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from crispedit.models import tiny_swap
 from crispedit.paths import UnsafePathError, contained
-from crispedit.recipe_yaml import KeyPath, LocatedYaml, Problem, RecipeError, load_located
+from crispedit.recipe_yaml import (
+    KeyPath,
+    LocatedYaml,
+    Problem,
+    RecipeError,
+    load_located,
+)
 from crispedit.sample import digest
 
 

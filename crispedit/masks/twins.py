@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
 from crispedit.models import register_twin
 
 #: Whole words the tiny tokenizers know, so common keywords are single tokens and the rest

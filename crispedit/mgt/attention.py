@@ -110,7 +110,7 @@ class EditMGTAttnProcessor:
     The reference goes through the target's to_* projections and QK norms.
     """
 
-    def _project(self, attn: "Attention", x: torch.Tensor, context: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _project(self, attn: Attention, x: torch.Tensor, context: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if context:
             q, k, v = attn.add_q_proj(x), attn.add_k_proj(x), attn.add_v_proj(x)
             q, k, v = _heads(q, attn.heads), _heads(k, attn.heads), _heads(v, attn.heads)
@@ -121,7 +121,7 @@ class EditMGTAttnProcessor:
 
     def __call__(
         self,
-        attn: "Attention",
+        attn: Attention,
         hidden_states: torch.Tensor,
         rotary: Rotary,
         encoder_hidden_states: torch.Tensor | None = None,

@@ -59,7 +59,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train`, `edit` and `eval` to an existing argparse subparsers object."""
     p = subparsers.add_parser("train", help="train the bundled EditMGT editor on crispedit shards")
     p.add_argument("data", nargs="+", metavar="DATA", help="dataset dirs (OUT with data/*.parquet) or .parquet files")

@@ -143,11 +143,11 @@ class MGTConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MGTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MGTConfig:
         return _build(cls, data, "")
 
     @classmethod
-    def load(cls, path: str | Path) -> "MGTConfig":
+    def load(cls, path: str | Path) -> MGTConfig:
         path = Path(path)
         data = yaml.safe_load(path.read_text()) or {}
         try:

@@ -17,10 +17,10 @@ misaligns non-square pairs); a target of a different size is first resized to th
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import INSTRUCTION_COLUMNS, SOURCE_COLUMNS, TARGET_COLUMNS, decode_image, image_bytes
+from .data import (
+    INSTRUCTION_COLUMNS,
+    SOURCE_COLUMNS,
+    TARGET_COLUMNS,
+    decode_image,
+    image_bytes,
+)
 from .pipeline import EditPipeline
 
 EVAL_CLIP_ID = "openai/clip-vit-large-patch14"

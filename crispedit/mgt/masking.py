@@ -19,7 +19,7 @@ def sample_mask_ratios(batch_size: int, generator: torch.Generator | None = None
     return torch.cos(math.pi * t / 2).clamp(min=min_rate)
 
 
-def arccos_cdf(r: "float | torch.Tensor"):
+def arccos_cdf(r: float | torch.Tensor):
     """CDF of the mask-ratio density, for goodness-of-fit checks."""
     if isinstance(r, torch.Tensor):
         return (2 / math.pi) * torch.asin(r.clamp(0, 1))

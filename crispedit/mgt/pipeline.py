@@ -15,7 +15,12 @@ import torch
 from PIL import Image
 
 from .checkpoint import latest_checkpoint
-from .components import build_text, build_transformer_from_config, build_vq, load_safetensors_weights
+from .components import (
+    build_text,
+    build_transformer_from_config,
+    build_vq,
+    load_safetensors_weights,
+)
 from .config import MGTConfig
 from .data import crop_pair
 from .sampler import maskgit_sample
@@ -36,13 +41,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 class EditPipeline:
     cfg: MGTConfig
     transformer: torch.nn.Module
-    vq: "object"
-    text: "object"
+    vq: object
+    text: object
     device: torch.device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
-                        dtype: torch.dtype = torch.float32) -> "EditPipeline":
+                        dtype: torch.dtype = torch.float32) -> EditPipeline:
         ckpt = resolve_checkpoint(path)
         cfg = MGTConfig.load(ckpt / "config.yaml")
         model = build_transformer_from_config(cfg.model, init=None)

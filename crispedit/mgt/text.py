@@ -23,7 +23,7 @@ class TextEmbeddings:
     hidden: torch.Tensor  # (B, T, joint_attention_dim)
     pooled: torch.Tensor  # (B, pooled_projection_dim)
 
-    def index(self, mask: torch.Tensor, other: "TextEmbeddings") -> "TextEmbeddings":
+    def index(self, mask: torch.Tensor, other: TextEmbeddings) -> TextEmbeddings:
         """Per-sample choice: `other` where mask is True (used for CFG dropout)."""
         m = mask.to(self.hidden.device)
         return TextEmbeddings(
@@ -32,7 +32,7 @@ class TextEmbeddings:
         )
 
     @staticmethod
-    def cat(parts: list["TextEmbeddings"]) -> "TextEmbeddings":
+    def cat(parts: list[TextEmbeddings]) -> TextEmbeddings:
         return TextEmbeddings(torch.cat([p.hidden for p in parts]), torch.cat([p.pooled for p in parts]))
 
 
@@ -50,7 +50,7 @@ class TextConditioner:
         self.hidden_layer = hidden_layer
         self._empty: dict[str, TextEmbeddings] = {}
 
-    def to(self, device: torch.device | str) -> "TextConditioner":
+    def to(self, device: torch.device | str) -> TextConditioner:
         self.clip_model.to(device)
         self.llm_model.to(device)
         self._empty.clear()

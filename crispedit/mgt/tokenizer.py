@@ -11,7 +11,7 @@ import torch
 class VQTokenizer:
     """Thin wrapper that fixes the shapes: (B, 3, H, W) in [0, 1] <-> (B, h, w) int64 ids."""
 
-    def __init__(self, vq: "torch.nn.Module") -> None:
+    def __init__(self, vq: torch.nn.Module) -> None:
         self.vq = vq.eval().requires_grad_(False)
 
     @property

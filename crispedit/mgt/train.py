@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TrainProgress, checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (
+    TrainProgress,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from .components import build_text, build_transformer_from_config, build_vq
 from .config import MGTConfig
 from .data import PairBatch, PairStream

@@ -17,9 +17,17 @@ import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
-from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings, TimestepEmbedding, get_timestep_embedding
+from diffusers.models.embeddings import (
+    CombinedTimestepTextProjEmbeddings,
+    TimestepEmbedding,
+    get_timestep_embedding,
+)
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.normalization import AdaLayerNormZero, AdaLayerNormZeroSingle, RMSNorm
+from diffusers.models.normalization import (
+    AdaLayerNormZero,
+    AdaLayerNormZeroSingle,
+    RMSNorm,
+)
 from diffusers.models.resnet import Downsample2D, Upsample2D
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 
@@ -364,7 +372,7 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
         return self.mlm_layer(self.up_block(x))
 
 
-def build_transformer(cfg: "TransformerConfig") -> EditMGTTransformer:  # noqa: F821
+def build_transformer(cfg: TransformerConfig) -> EditMGTTransformer:  # noqa: F821
     """Random-init transformer from a TransformerConfig dataclass."""
     from dataclasses import asdict
 

@@ -1,7 +1,22 @@
 """Every built-in stage and source kind, registered on import."""
 
-from crispedit.stages import classical, copy, ground, instruct, mask_filter, pixel_change, pixel_threshold, source  # noqa: F401
-from crispedit.stages.base import STAGES, BuildContext, Stage, StageParams, register_stage
+from crispedit.stages import (  # noqa: F401
+    classical,
+    copy,
+    ground,
+    instruct,
+    mask_filter,
+    pixel_change,
+    pixel_threshold,
+    source,
+)
+from crispedit.stages.base import (
+    STAGES,
+    BuildContext,
+    Stage,
+    StageParams,
+    register_stage,
+)
 from crispedit.stages.source import SOURCES, Source, register_source
 
 __all__ = ["SOURCES", "STAGES", "BuildContext", "Source", "Stage", "StageParams", "register_source", "register_stage"]

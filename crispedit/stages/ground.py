@@ -79,9 +79,14 @@ class GroundStage(Stage):
     params: GroundParams
 
     def setup(self) -> None:
-        from crispedit.masks.grounding import GroundedSegmenter
+        from transformers import (
+            GroundingDinoForObjectDetection,
+            GroundingDinoProcessor,
+            SamModel,
+            SamProcessor,
+        )
 
-        from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor, SamModel, SamProcessor
+        from crispedit.masks.grounding import GroundedSegmenter
 
         p = self.params
         device = resolve_device(p.device)

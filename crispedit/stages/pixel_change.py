@@ -18,7 +18,7 @@ class PixelChangeParams(StageParams):
     max_l1: float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "PixelChangeParams":
+    def _ordered(self) -> PixelChangeParams:
         if self.min_l1 > self.max_l1:
             raise ValueError(f"min_l1 ({self.min_l1}) is above max_l1 ({self.max_l1})")
         return self

@@ -16,7 +16,11 @@ from crispedit.masks.attention_store import (
     keyword_token_indices,
     sdxl_keyword_indices,
 )
-from crispedit.masks.twins import tiny_clip_tokenizer, tiny_sdxl_unet, write_tiny_clip_vocab
+from crispedit.masks.twins import (
+    tiny_clip_tokenizer,
+    tiny_sdxl_unet,
+    write_tiny_clip_vocab,
+)
 
 TOKENS = 10  # text length of the fake encoder states
 

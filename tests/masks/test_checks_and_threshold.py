@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from crispedit.masks.checks import check_mask, count_contours, coverage
-from crispedit.masks.pixel_threshold import pixel_distance, threshold_chain, threshold_pixels
+from crispedit.masks.pixel_threshold import (
+    pixel_distance,
+    threshold_chain,
+    threshold_pixels,
+)
 from crispedit.sample import Sample
 from crispedit.stages.base import BuildContext, apply_stage
 from crispedit.stages.mask_filter import MaskFilter, MaskFilterParams

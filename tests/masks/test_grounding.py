@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from crispedit.masks import grounding
-from crispedit.masks.grounding import GroundedSegmenter, assign_boxes, build_prompt, token_spans
+from crispedit.masks.grounding import (
+    GroundedSegmenter,
+    assign_boxes,
+    build_prompt,
+    token_spans,
+)
 from crispedit.masks.twins import tiny_bert_tokenizer, tiny_grounding_dino, tiny_sam
 
 

@@ -6,7 +6,12 @@ import numpy as np
 import torch
 from scipy import stats
 
-from crispedit.mgt.masking import arccos_cdf, mask_tokens, masked_cross_entropy, sample_mask_ratios
+from crispedit.mgt.masking import (
+    arccos_cdf,
+    mask_tokens,
+    masked_cross_entropy,
+    sample_mask_ratios,
+)
 
 N = 20000
 

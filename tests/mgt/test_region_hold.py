@@ -7,7 +7,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from crispedit.mgt.region_hold import adaptive_filter, gaussian_filter, hold_mask, local_variance
+from crispedit.mgt.region_hold import (
+    adaptive_filter,
+    gaussian_filter,
+    hold_mask,
+    local_variance,
+)
 from crispedit.mgt.sampler import SampleTrace, maskgit_sample
 
 

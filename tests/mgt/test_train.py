@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from crispedit.mgt.train import Trainer, compute_loss
@@ -42,16 +41,13 @@ def test_tiny_model_overfits_a_handful_of_pairs(tiny_config, pairs_dir, tmp_path
     assert _overfit(tiny_config, pairs_dir, tmp_path) > 5.0
 
 
-def test_overfits_quickstart_build(request, tiny_config, tmp_path):
+def test_overfits_quickstart_build(quickstart_dataset, tiny_config, tmp_path):
     """Same, on a handful of pairs of the package's quickstart build (tests/conftest.py fixture)."""
     import pyarrow.parquet as pq
 
     from crispedit.mgt.data import discover_shards
 
-    try:
-        quickstart = request.getfixturevalue("quickstart_dataset")
-    except pytest.FixtureLookupError:
-        pytest.skip("quickstart_dataset fixture not provided by tests/conftest.py")
+    quickstart = quickstart_dataset
     handful = pq.read_table(discover_shards(quickstart)[0]).slice(0, 6)
     (tmp_path / "handful" / "data").mkdir(parents=True)
     pq.write_table(handful, tmp_path / "handful" / "data" / "train-00000.parquet")
