@@ -105,7 +105,7 @@ def _device(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m crispedit.mgt.cli`), until crispedit/cli.py wires `register`."""
+    """Standalone entry (`python -m crispedit.mgt.cli`): the trainer's commands without the dataset ones."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="crispedit-mgt")
     register(parser.add_subparsers(dest="command", required=True))
