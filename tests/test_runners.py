@@ -50,3 +50,19 @@ def test_a_stage_that_drops_samples_is_caught() -> None:
     apply_stage(dropper, "dropper", samples, batch_size=3)
     # alone, each sample is "dropped" too: nothing vanishes silently, each becomes a reject
     assert all(not s.alive and "one for one" in s.reject.reason for s in samples)
+
+
+def test_model_stage_runs_in_an_actor_pool_with_identical_bytes(ray_local, tmp_path: Path) -> None:
+    from crispedit.engine import segments
+
+    recipe = QUICKSTART.parent / "ground.yaml"
+    plan = load_plan(recipe, tiny=True, out=tmp_path / "ray")
+    names = [[s if isinstance(s, str) else plan.stages[s].name for s in seg] for seg in segments(plan)]
+    assert names == [["source", "instruct", "classical"], ["ground"], ["mask_filter", "pixel_change", "write"]]
+    build(plan, runner="ray", progress=False)
+    build(load_plan(recipe, tiny=True, out=tmp_path / "local"), runner="local", progress=False)
+    for folder in ("data", "rejects"):
+        names = sorted(p.name for p in (tmp_path / "local" / folder).iterdir())
+        assert names and names == sorted(p.name for p in (tmp_path / "ray" / folder).iterdir())
+        for name in names:
+            assert (tmp_path / "ray" / folder / name).read_bytes() == (tmp_path / "local" / folder / name).read_bytes()
