@@ -103,7 +103,7 @@ def load_shard(source: Source, shard: ShardRange) -> tuple[list[Sample], dict[st
     stats = StageStats(seen=len(samples), passed=sum(s.alive for s in samples), seconds=time.perf_counter() - start)
     for s in samples:
         if s.reject is not None:
-            stats.rejected[s.reject.reason.split(":")[0]] += 1
+            stats.rejected[s.reject.category] += 1
     return samples, {source.name: stats}
 
 

@@ -31,6 +31,11 @@ class Reject:
     stage: str
     reason: str
 
+    @property
+    def category(self) -> str:
+        """The part of the reason before the first colon: what stats count drops by."""
+        return self.reason.split(":")[0]
+
 
 @dataclass
 class Sample:

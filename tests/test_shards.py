@@ -10,9 +10,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from crispedit.engine import build
+from crispedit.paths import UnsafePathError
 from crispedit.recipe import load_plan
 from crispedit.shards import ShardStore, plan_shards
 from tests.conftest import QUICKSTART
@@ -72,10 +74,6 @@ def test_shard_names_come_from_ranges() -> None:
 
 
 def test_store_refuses_names_that_escape(tmp_path: Path) -> None:
-    import pytest
-
-    from crispedit.paths import UnsafePathError
-
     store = ShardStore(tmp_path, [])
     with pytest.raises(UnsafePathError):
         store._path("data", "../../x.parquet")

@@ -156,7 +156,7 @@ def apply_stage(
         if sample.alive:
             stats.passed += 1
         elif sample.reject is not None and sample.reject.stage == name:
-            stats.rejected[sample.reject.reason.split(":")[0]] += 1
+            stats.rejected[sample.reject.category] += 1
     return stats
 
 
