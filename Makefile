@@ -6,7 +6,7 @@
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-test quickstart test bench
+.PHONY: install install-test quickstart test test-fast lint docs bench
 
 install:
 	$(PYTHON) -m pip install "$(TORCH)"
@@ -19,8 +19,19 @@ install-test:
 quickstart: install
 	$(PYTHON) -m crispedit.cli build recipes/quickstart.yaml
 
-test: install-test
+test: install-test lint
 	$(PYTHON) -m pytest -q
+
+# The inner loop: no install, no slow tests (builds under Ray, SIGKILL runs, browsers).
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint:
+	$(PYTHON) -m ruff check .
+
+# docs/reference.md is generated from the code; a test fails when it is stale.
+docs:
+	$(PYTHON) -m crispedit.reference > docs/reference.md
 
 bench:
 	$(PYTHON) benchmarks/overhead.py

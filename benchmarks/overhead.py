@@ -5,7 +5,7 @@ PNG-encode the source and the target, and write the Parquet shards directly. cri
 does that plus ids, provenance, stats, atomic commits and (with Ray) serialisation between
 stages. The ratio is crispedit's throughput over the floor's; the target is >= 0.8.
 
-    python benchmarks/overhead.py [--images 192] [--side 512] [--shard-size 32]
+    python benchmarks/overhead.py [--sides 512,1024] [--images 192,64] [--shard-size 32]   # from the repository root
 """
 
 from __future__ import annotations
@@ -22,18 +22,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from crispedit.engine import build
-from crispedit.images import encode_image
-from crispedit.recipe import load_plan
-from crispedit.shards import plan_shards, record_features
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.stages, the plugin the recipe names
+
+from crispedit.engine import build  # noqa: E402
+from crispedit.images import encode_image  # noqa: E402
+from crispedit.recipe import load_plan  # noqa: E402
+from crispedit.shards import plan_shards, record_features  # noqa: E402
 
 RECIPE = """\
 name: overhead
+plugins: [benchmarks.stages]
 output: {{dir: out, shard_size: {shard_size}, png_compression: 3}}
 execution: {{num_cpus: {cpus}}}
 source: {{kind: folder, folder: {folder}, max_side: null, size_multiple: 1}}
 stages:
-  - kind: copy
+  - kind: {kind}
 """
 
 
@@ -75,10 +78,10 @@ def floor(paths: list[Path], out: Path, shard_size: int) -> float:
     return time.perf_counter() - start
 
 
-def crispedit_build(folder: Path, work: Path, shard_size: int, runner: str, cpus: int) -> float:
-    recipe = work / f"overhead-{runner}.yaml"
-    recipe.write_text(RECIPE.format(folder=folder, shard_size=shard_size, cpus=cpus))
-    plan = load_plan(recipe, out=work / f"out-{runner}")
+def crispedit_build(folder: Path, work: Path, shard_size: int, runner: str, cpus: int, kind: str = "copy") -> float:
+    recipe = work / f"overhead-{runner}-{kind}.yaml"
+    recipe.write_text(RECIPE.format(folder=folder, shard_size=shard_size, cpus=cpus, kind=kind))
+    plan = load_plan(recipe, out=work / f"out-{runner}-{kind}")
     start = time.perf_counter()
     result = build(plan, runner=runner, progress=False, num_cpus=cpus)
     seconds = time.perf_counter() - start
@@ -86,36 +89,59 @@ def crispedit_build(folder: Path, work: Path, shard_size: int, runner: str, cpus
     return seconds
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=192)
-    parser.add_argument("--side", type=int, default=512)
-    parser.add_argument("--shard-size", type=int, default=32)
-    parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--runners", default="local,ray")
-    args = parser.parse_args()
+METHODS = {
+    "local": ("crispedit, local runner (in-process)", "local", "copy"),
+    "ray": ("crispedit, Ray, all steps fused in one task", "ray", "copy"),
+    "ray-actor": ("crispedit, Ray, copy in an actor pool (2 step boundaries)", "ray", "copy_actor"),
+}
+
+
+def measure(side: int, images: int, shard_size: int, cpus: int, methods: list[str]) -> dict[str, float]:
+    """Seconds per method for ``images`` photos of ``side`` px, the floor first."""
+    import ray
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        paths = make_photos(work / "photos", args.images, args.side)
-        floor(paths[: args.shard_size], work / "warm", args.shard_size)  # warm the codecs and caches
-        timings = {"floor (decode + 2 PNG encodes + Parquet)": floor(paths, work / "floor", args.shard_size)}
-        for runner in args.runners.split(","):
+        paths = make_photos(work / "photos", images, side)
+        floor(paths[:shard_size], work / "warm", shard_size)  # warm the codecs and caches
+        timings = {"floor": floor(paths, work / "floor", shard_size)}
+        for method in methods:
+            _, runner, kind = METHODS[method]
             if runner == "ray":
-                import ray
-
-                ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+                ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
             try:
-                timings[f"crispedit build, copy generator ({runner} runner)"] = crispedit_build(work / "photos", work, args.shard_size, runner, args.cpus)
+                timings[method] = crispedit_build(work / "photos", work, shard_size, runner, cpus, kind)
             finally:
                 if runner == "ray":
                     ray.shutdown()
-    base = args.images / next(iter(timings.values()))
-    print(f"\n{args.images} images, {args.side}x{args.side}, shards of {args.shard_size}, {args.cpus} CPUs (Ray), floor single-process\n")
-    print(f"| {'method':<52} | {'seconds':>8} | {'pairs/s':>8} | {'ratio to floor':>14} |")
-    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
-    for name, seconds in timings.items():
-        rate = args.images / seconds
-        print(f"| {name:<52} | {seconds:8.2f} | {rate:8.1f} | {rate / base:14.2f} |")
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sides", default="512,1024", help="image sides to measure, one column each")
+    parser.add_argument("--images", default="192,64", help="images per side (same order as --sides)")
+    parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--methods", default="local,ray,ray-actor", help=f"of {', '.join(METHODS)}")
+    args = parser.parse_args()
+    sides = [int(x) for x in args.sides.split(",")]
+    counts = [int(x) for x in args.images.split(",")]
+    methods = args.methods.split(",")
+    results = {side: (n, measure(side, n, args.shard_size, args.cpus, methods)) for side, n in zip(sides, counts)}
+    print(f"\nshards of {args.shard_size}, {args.cpus} CPUs (Ray); floor: single process, decode + 2 PNG encodes + Parquet\n")
+    header = "| method | " + " | ".join(f"{side}px: s (pairs/s), ratio" for side in sides) + " |"
+    print(header)
+    print("|---|" + "---:|" * len(sides))
+    for method in ["floor", *methods]:
+        cells = []
+        for side in sides:
+            n, timings = results[side]
+            seconds = timings[method]
+            cells.append(f"{seconds:.2f} ({n / seconds:.1f}), **{timings['floor'] / seconds:.2f}**")
+        label = "floor (decode + 2 PNG encodes + Parquet)" if method == "floor" else METHODS[method][0]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\nimages: " + ", ".join(f"{n} at {side}px" for side, (n, _) in results.items()))
     return 0
 
 

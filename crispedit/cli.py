@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--max-shards", type=int, help="build at most this many pending shards, then stop")
     build.add_argument("--overwrite", action="store_true", help="delete an existing different build in the output dir")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--until", metavar="STAGE",
+        help="run the stages up to and including STAGE and write what they made to OUT/until/STAGE (same ids, shared cache)",
+    )
     build.set_defaults(func=_build)
 
     validate = commands.add_parser("validate", help="check a recipe without loading anything heavy")
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     validate.set_defaults(func=_validate)
 
     inspect = commands.add_parser("inspect", help="print the summary of a build")
-    inspect.add_argument("out", type=Path)
+    inspect.add_argument("out", help="an output directory or object-store URL")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(func=_inspect)
 
@@ -43,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         register_trainer = None
     if register_trainer is not None:
         register_trainer(commands)
+    __import__("crispedit.publish_cli").publish_cli.register(commands)  # the publish and preview commands
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -73,7 +78,16 @@ def _build(args: argparse.Namespace) -> int:
     if plan is None:
         return 2
     from crispedit.engine import BuildError, build
+    from crispedit.llm import LLMConfigError
+    from crispedit.recipe import plan_until
+    from crispedit.stages.base import StageBroken
 
+    if args.until:
+        try:
+            plan = plan_until(plan, args.until)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         result = build(
             plan, runner=args.runner, address=args.address, num_cpus=args.num_cpus,
@@ -82,19 +96,31 @@ def _build(args: argparse.Namespace) -> int:
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StageBroken as error:  # its traceback was logged once and saved under OUT/logs/
+        print(f"error: the build stopped: {error}", file=sys.stderr)
+        return 3
+    except LLMConfigError as error:  # a missing key or a wrong endpoint: nothing a rerun would fix
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print_summary(result.summary)
     print(f"output: {result.out_dir}  ({result.shards_built} shards built, {result.shards_skipped} already committed, {result.seconds:.1f}s)")
+    if result.failed:
+        print(f"error: {len(result.failed)} shards not committed (transient failures; rerun the same command to build them):", file=sys.stderr)
+        for name, reason in sorted(result.failed.items()):
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from crispedit.shards import read_markers, summarize
+    from crispedit.storage import Output
 
-    path = args.out / "summary.json"
-    if path.is_file():
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    elif (args.out / "_commits").is_dir():
-        summary = summarize(read_markers(args.out))
+    output = Output(args.out)
+    if output.exists("summary.json"):
+        summary = json.loads(output.read_bytes("summary.json"))
+    elif output.list("_commits", "commit-*.json"):
+        summary = summarize(read_markers(output))
     else:
         print(f"error: {args.out} is not a crispedit output (no summary.json or _commits/)", file=sys.stderr)
         return 2
@@ -112,12 +138,25 @@ def print_summary(summary: dict[str, Any]) -> None:
     console = Console()
     title = f"{summary.get('recipe', '')}: {summary['rows']} rows, {summary['rejects']} rejects, {summary['shards']}/{summary.get('shards_total', summary['shards'])} shards"
     table = Table(title=title)
-    for column in ("stage", "seen", "passed", "rejected", "seconds", "drops by reason"):
-        table.add_column(column, justify="left" if column in ("stage", "drops by reason") else "right")
-    for name, stats in summary["stages"].items():
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in stats["rejected"].items())
-        table.add_row(name, str(stats["seen"]), str(stats["passed"]), str(sum(stats["rejected"].values())), f"{stats['seconds']:.2f}", reasons)
+    stages = summary["stages"]
+    has_gpu = any("gpu_seconds" in st for st in stages.values())
+    has_usage = any(st.get("usage") for st in stages.values())
+    columns = ["stage", "seen", "passed", "rejected", "seconds"] + ["GPU-s"] * has_gpu + ["usage"] * has_usage + ["drops by reason"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("stage", "usage", "drops by reason") else "right")
+    for name, stats in stages.items():
+        row = [name, str(stats["seen"]), str(stats["passed"]), str(sum(stats["rejected"].values())), f"{stats['seconds']:.2f}"]
+        if has_gpu:
+            row.append(f"{stats['gpu_seconds']:.1f}" if "gpu_seconds" in stats else "")
+        if has_usage:
+            row.append(", ".join(f"{k} {v:g}" for k, v in stats.get("usage", {}).items()))
+        row.append(", ".join(f"{reason}: {n}" for reason, n in stats["rejected"].items()))
+        table.add_row(*row)
     console.print(table)
+    if summary.get("gpu_hours"):
+        console.print(f"GPU-hours: {summary['gpu_hours']:.4f}")
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 if __name__ == "__main__":

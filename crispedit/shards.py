@@ -16,25 +16,28 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crispedit import __version__
+from crispedit.faults import fault_point
+from crispedit.hub_parquet import hub_parquet_bytes
 from crispedit.images import encode_image
-from crispedit.paths import contained, safe_name
-from crispedit.sample import TEXT_COLUMNS, Sample, provenance_json
+from crispedit.sample import IMAGE_COLUMNS, TEXT_COLUMNS, Sample, digest, provenance_json
 from crispedit.stages.base import StageStats
+from crispedit.storage import Output
 
 DATA_DIR = "data"
 REJECTS_DIR = "rejects"
 COMMITS_DIR = "_commits"
-TMP_PREFIX = ".tmp-"
+#: Pieces of a shard written by different Ray workers, merged into the shard at commit.
+PARTS_DIR = "_parts"
 _EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 
 
@@ -46,8 +49,12 @@ class ShardRange:
     end: int
 
     @property
+    def suffix(self) -> str:
+        return f"{self.start:08d}-{self.end:08d}"
+
+    @property
     def name(self) -> str:
-        return f"train-{self.start:08d}-{self.end:08d}"
+        return f"train-{self.suffix}"
 
 
 def plan_shards(count: int, shard_size: int) -> list[ShardRange]:
@@ -59,7 +66,7 @@ def record_features(score_columns: Iterable[str]) -> Any:
     from datasets import Features, Image, List, Value
 
     features: dict[str, Any] = {"id": Value("string")}
-    for column in ("source_image", "target_image", "mask"):
+    for column in IMAGE_COLUMNS:
         features[column] = Image()
     for column in TEXT_COLUMNS:
         features[column] = Value("string")
@@ -70,94 +77,134 @@ def record_features(score_columns: Iterable[str]) -> Any:
     features["provenance"] = Value("string")
     features["width"] = Value("int32")
     features["height"] = Value("int32")
+    features["parent_id"] = Value("string")
     return Features(features)
 
 
-REJECT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("index", pa.int64()),
-        ("source_ref", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.string()),
-        ("instruction", pa.string()),
-    ]
-)
+#: What a reject row has beyond a data row: where it came from and why it left.
+REJECT_EXTRA = ("index", "source_ref", "stage", "reason")
+
+
+def reject_features(score_columns: Iterable[str]) -> Any:
+    """Rejects carry the data columns too (images unless turned off, every score), so
+    ``datasets`` reads them as a config of their own and ``refilter`` can restore them."""
+    from datasets import Value
+
+    features = record_features(score_columns)
+    features["index"] = Value("int64")
+    for column in REJECT_EXTRA[1:]:
+        features[column] = Value("string")
+    return features
+
+
+ORDER_COLUMN = "_order"
 
 
 class ShardStore:
-    """Reads and writes one output directory."""
+    """Reads and writes one output location: a local directory or an object-store prefix."""
 
     def __init__(
         self,
-        out_dir: Path,
+        location: str | os.PathLike[str],
         score_columns: list[str],
         image_format: str = "png",
         quality: int = 95,
         png_compression: int = 3,
         build_provenance: dict[str, Any] | None = None,
+        reject_images: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.out_dir = Path(out_dir)
+        self.output = Output(location, storage_options)
         self.score_columns = list(score_columns)
         self.image_format = image_format
         self.quality = quality
         self.png_compression = png_compression
         self.build_provenance = build_provenance or {}
+        self.reject_images = reject_images
         self.schema = record_features(self.score_columns).arrow_schema
+        self.reject_schema = reject_features(self.score_columns).arrow_schema
+        self.part_schema = self.reject_schema.append(pa.field(ORDER_COLUMN, pa.string()))
 
-    # paths ---------------------------------------------------------------------------
-    def _path(self, folder: str, name: str) -> Path:
-        return contained(self.out_dir, Path(folder) / safe_name(name))
+    # keys ------------------------------------------------------------------------------
+    def data_key(self, shard: ShardRange) -> str:
+        return self.output.join(DATA_DIR, f"{shard.name}.parquet")
 
-    def data_path(self, shard: ShardRange) -> Path:
-        return self._path(DATA_DIR, f"{shard.name}.parquet")
+    def rejects_key(self, shard: ShardRange) -> str:
+        return self.output.join(REJECTS_DIR, f"rejects-{shard.suffix}.parquet")
 
-    def rejects_path(self, shard: ShardRange) -> Path:
-        return self._path(REJECTS_DIR, f"rejects-{shard.name.removeprefix('train-')}.parquet")
-
-    def marker_path(self, shard: ShardRange) -> Path:
-        return self._path(COMMITS_DIR, f"commit-{shard.name.removeprefix('train-')}.json")
+    def marker_key(self, shard: ShardRange) -> str:
+        return self.output.join(COMMITS_DIR, f"commit-{shard.suffix}.json")
 
     # commit protocol -----------------------------------------------------------------
     def is_committed(self, shard: ShardRange) -> bool:
-        marker = read_marker(self.marker_path(shard))
+        """A marker counts only if the files it names exist with the sizes it records."""
+        marker = read_marker(self.output, self.marker_key(shard))
         if marker is None:
             return False
-        for key, path in (("data_bytes", self.data_path(shard)), ("rejects_bytes", self.rejects_path(shard))):
-            if not path.is_file() or path.stat().st_size != marker.get(key):
-                return False
-        return True
+        return all(
+            self.output.size(key) == marker.get(field)
+            for field, key in (("data_bytes", self.data_key(shard)), ("rejects_bytes", self.rejects_key(shard)))
+        )
 
     def remove_temporaries(self) -> int:
-        """Delete what killed writers left behind. Returns how many files went."""
-        removed = 0
-        for folder in (DATA_DIR, REJECTS_DIR, COMMITS_DIR, "."):
-            directory = self.out_dir / folder
-            if directory.is_dir():
-                for stray in directory.glob(f"{TMP_PREFIX}*"):
-                    stray.unlink(missing_ok=True)
-                    removed += 1
+        """Delete what killed writers left behind: local temporaries, and parts of uncommitted shards.
+
+        Data files of uncommitted shards are left: the rebuild overwrites them under the same name.
+        """
+        removed = self.output.remove_temporaries(DATA_DIR, REJECTS_DIR, COMMITS_DIR, "")
+        parts = self.output.full_path(PARTS_DIR)
+        if self.output.fs.exists(parts):
+            removed += len(self.output.fs.find(parts))
+            self.output.fs.rm(parts, recursive=True)
         return removed
 
     def write(self, shard: ShardRange, samples: list[Sample], stages: dict[str, StageStats]) -> dict[str, Any]:
-        """Write a shard's rejects, then its rows, then its marker; each file atomically."""
-        accepted = [s for s in samples if s.alive]
-        refused = [s for s in samples if not s.alive]
-        rejects_path = self.rejects_path(shard)
-        data_path = self.data_path(shard)
-        atomic_write_parquet(self.rejects_table(refused), rejects_path)
-        atomic_write_parquet(self.data_table(accepted), data_path)
+        """Write a whole shard from its samples: the in-process path (and Ray's when nothing splits a shard)."""
+        return self.commit(shard, [self.part_table(samples)], stages)
+
+    def write_part(self, shard: ShardRange, samples: list[Sample]) -> str:
+        """Write some of a shard's samples as a part, named by the items it holds; returns its key."""
+        items = sorted({s.index for s in samples})
+        key = self.output.join(PARTS_DIR, shard.name, f"{items[0]:012d}-{digest(*items)[:12]}.parquet")
+        sink = pa.BufferOutputStream()
+        pq.write_table(self.part_table(samples), sink, compression="none")
+        self.output.write_bytes(key, sink.getvalue())
+        return key
+
+    def commit(self, shard: ShardRange, parts: list[pa.Table], stages: dict[str, StageStats]) -> dict[str, Any]:
+        """Sort the shard's rows by item and child position, write rejects, then rows, then the marker.
+
+        The sort makes the bytes independent of how the runner grouped the samples.
+        """
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        table = table.sort_by(ORDER_COLUMN).combine_chunks()
+        refused = table.filter(pc.is_valid(table.column("reason")))
+        accepted = table.filter(pc.is_null(table.column("reason")))
+        fault_point("before-rejects")
+        rejects_bytes = self.output.write_bytes(self.rejects_key(shard), hub_parquet_bytes(refused.select(self.reject_schema.names).cast(self.reject_schema)))
+        fault_point("after-rejects")
+        data_bytes = self.output.write_bytes(self.data_key(shard), hub_parquet_bytes(accepted.select(self.schema.names).cast(self.schema)))
+        fault_point("after-data")
         marker = {
             "shard": shard.name,
             "start": shard.start,
             "end": shard.end,
-            "rows": len(accepted),
-            "rejects": len(refused),
-            "data_bytes": data_path.stat().st_size,
-            "rejects_bytes": rejects_path.stat().st_size,
+            "rows": accepted.num_rows,
+            "rejects": refused.num_rows,
+            "data_bytes": data_bytes,
+            "rejects_bytes": rejects_bytes,
             "stages": [{"name": name, **stats.to_dict()} for name, stats in stages.items()],
         }
-        atomic_write_text(json.dumps(marker, indent=1, sort_keys=True), self.marker_path(shard))
+        self.output.write_text(self.marker_key(shard), json.dumps(marker, indent=1, sort_keys=True))
+        fault_point("after-marker")
+        return marker
+
+    def commit_parts(self, shard: ShardRange, part_keys: list[str], stages: dict[str, StageStats]) -> dict[str, Any]:
+        """Commit a shard whose samples were written as parts by several workers, then drop the parts."""
+        parts = [pq.read_table(pa.BufferReader(self.output.read_bytes(k)), schema=self.part_schema) for k in sorted(set(part_keys))]
+        marker = self.commit(shard, parts, stages)
+        for key in part_keys:
+            self.output.remove(key)
         return marker
 
     # tables --------------------------------------------------------------------------
@@ -169,98 +216,63 @@ class ShardStore:
         data = encode_image(image, fmt, self.quality, self.png_compression)
         return {"bytes": data, "path": f"{sample_id}_{role}.{ext}"}
 
-    def data_table(self, samples: list[Sample]) -> pa.Table:
-        columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+    def part_table(self, samples: list[Sample]) -> pa.Table:
+        """Rows for data and rejects alike (rejects keep their scores and, by default, their images)."""
+        columns: dict[str, list[Any]] = {name: [] for name in self.part_schema.names}
         for s in samples:
             width, height = s.size or (None, None)
-            provenance = {**self.build_provenance, **s.provenance}
+            keep_images = s.alive or self.reject_images
             row = {
                 "id": s.id,
-                "source_image": self._image(s.source_image, s.id, "source"),
-                "target_image": self._image(s.target_image, s.id, "target"),
-                "mask": self._image(s.mask, s.id, "mask"),
                 "edit_objects": list(s.edit_objects),
                 "branch": s.branch,
-                "provenance": provenance_json(provenance),
+                "provenance": provenance_json({**self.build_provenance, **s.provenance}),
                 "width": width,
                 "height": height,
+                "parent_id": s.parent_id,
+                "index": s.index,
+                "source_ref": s.source_ref,
+                "stage": s.reject.stage if s.reject else None,
+                "reason": s.reject.reason if s.reject else None,
+                ORDER_COLUMN: s.order_key,
             }
+            for column in IMAGE_COLUMNS:
+                row[column] = self._image(getattr(s, column), s.id, column.removesuffix("_image")) if keep_images else None
             for column in TEXT_COLUMNS:
                 row[column] = getattr(s, column)
             for column in self.score_columns:
                 value = s.scores.get(column)
                 row[column] = None if value is None else float(value)
-            for name in self.schema.names:
+            for name in self.part_schema.names:
                 columns[name].append(row[name])
-        return pa.table(columns, schema=self.schema)
-
-    def rejects_table(self, samples: list[Sample]) -> pa.Table:
-        rows = [
-            {
-                "id": s.id,
-                "index": s.index,
-                "source_ref": s.source_ref,
-                "stage": s.reject.stage if s.reject else None,
-                "reason": s.reject.reason if s.reject else None,
-                "instruction": s.instruction,
-            }
-            for s in samples
-        ]
-        return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
+        return pa.table(columns, schema=self.part_schema)
 
     # reading back --------------------------------------------------------------------
     def markers(self) -> list[dict[str, Any]]:
-        return read_markers(self.out_dir)
+        return read_markers(self.output)
 
 
-def read_markers(out_dir: Path) -> list[dict[str, Any]]:
-    """Every readable commit marker of an output directory, in shard order."""
-    folder = Path(out_dir) / COMMITS_DIR
-    found = [read_marker(p) for p in sorted(folder.glob("commit-*.json"))] if folder.is_dir() else []
+def as_output(location: str | os.PathLike[str] | Output) -> Output:
+    return location if isinstance(location, Output) else Output(location)
+
+
+def read_markers(location: str | os.PathLike[str] | Output) -> list[dict[str, Any]]:
+    """Every readable commit marker of an output (a directory or a URL), in shard order."""
+    output = as_output(location)
+    found = [read_marker(output, key) for key in output.list(COMMITS_DIR, "commit-*.json")]
     return [m for m in found if m is not None]
 
 
-def read_marker(path: Path) -> dict[str, Any] | None:
+def read_marker(output: Output, key: str) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(output.read_bytes(key).decode("utf-8"))
     except (OSError, ValueError):
         return None
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    """fsync, then rename over the final name: readers see the old file or the whole new one."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=64)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A local text file, all or nothing (temporary, fsync, rename)."""
+    Output(Path(path).parent).write_text(Path(path).name, text)
 
 
 def summarize(markers: list[dict[str, Any]]) -> dict[str, Any]:

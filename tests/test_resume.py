@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,33 +27,26 @@ def ids_of(out: Path) -> tuple[list[str], list[str]]:
 
 
 def strays(out: Path) -> list[Path]:
-    return [p for p in out.rglob(".tmp-*")]
+    return [p for p in out.rglob(".tmp-*")] + [p for p in out.rglob("_parts/*/*")]
 
 
-def start(recipe: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+def run(recipe: Path, out: Path, fault: str | None = None, log: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("CRISPEDIT_FAULT", None)
+    if fault:
+        env.update(CRISPEDIT_FAULT=fault, CRISPEDIT_FAULT_LOG=str(log))
+    return subprocess.run(
         [sys.executable, "-m", "crispedit.cli", "build", str(recipe), "--runner", "local", "--out", str(out), "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=180,
     )
 
 
-def kill_when(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 60.0) -> bool:
-    """SIGKILL the build the moment ``condition`` holds; False if the build finished first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.0005)
-    proc.kill()
-    raise AssertionError("build neither finished nor reached the kill point")
-
-
-def count(folder: Path, pattern: str) -> int:
-    return len(list(folder.glob(pattern))) if folder.is_dir() else 0
+def killed_at(recipe: Path, out: Path, fault: str, log: Path) -> None:
+    """Run the build with a kill injected at a named point and assert the kill happened there."""
+    before = log.read_text().splitlines() if log.exists() else []
+    result = run(recipe, out, fault, log)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    assert log.read_text().splitlines() == [*before, fault]
 
 
 @pytest.fixture(scope="module")
@@ -68,26 +60,28 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[list
     return recipe, ids_of(out)
 
 
-KILL_POINTS: dict[str, Callable[[Path], bool]] = {
-    "at start": lambda out: True,
-    "manifest written": lambda out: (out / "manifest.json").exists(),
-    "first temporary file": lambda out: bool(strays(out)),
-    "first data file before its marker": lambda out: count(out / "data", "*.parquet") > count(out / "_commits", "commit-*.json"),
-    "after three commits": lambda out: count(out / "_commits", "commit-*.json") >= 3,
-    "after seven commits": lambda out: count(out / "_commits", "commit-*.json") >= 7,
-}
+# Named points in the commit protocol, and which hit of each to die at (12 shards in all).
+KILL_POINTS = [
+    "after-manifest:1",
+    "temporary-written:1",
+    "before-rejects:2",
+    "after-rejects:3",
+    "after-data:4",
+    "temporary-written:14",
+    "after-marker:7",
+]
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_then_rerun_gives_the_uninterrupted_ids(baseline, tmp_path: Path, point: str) -> None:
     recipe, expected = baseline
-    out = tmp_path / "out"
-    killed = kill_when(start(recipe, out), lambda: KILL_POINTS[point](out))
+    out, log = tmp_path / "out", tmp_path / "faults.log"
+    killed_at(recipe, out, point, log)
     # a second kill during the rerun, then a clean rerun
-    if killed:
-        kill_when(start(recipe, out), lambda: count(out / "_commits", "commit-*.json") >= 9)
-    rerun = start(recipe, out)
-    assert rerun.wait(timeout=120) == 0, rerun.stderr.read().decode()
+    killed_at(recipe, out, "after-data:2", log)
+    rerun = run(recipe, out)
+    assert rerun.returncode == 0, rerun.stderr.decode()
     rows, rejects = ids_of(out)
     assert (rows, rejects) == expected
     assert len(rows) == len(set(rows))

@@ -1,32 +1,39 @@
-"""Ray and the in-process runner run the same stage classes and give the same bytes."""
+"""Ray and the in-process runner run the same stage classes and give the same bytes;
+a failing sample is isolated, and a stage that breaks its contract is caught."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from crispedit.engine import build
 from crispedit.recipe import load_plan
 from crispedit.sample import Sample
-from crispedit.stages.base import apply_stage
+from crispedit.stages.base import StageBroken, apply_stage, stage_stats
 from tests.conftest import QUICKSTART
 
 
+def assert_same_files(a: Path, b: Path) -> None:
+    for folder in ("data", "rejects"):
+        names = sorted(p.name for p in (a / folder).iterdir())
+        assert names and names == sorted(p.name for p in (b / folder).iterdir())
+        for name in names:
+            assert (a / folder / name).read_bytes() == (b / folder / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_ray_and_local_give_identical_shards(ray_local, quickstart_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "ray"
     result = build(load_plan(QUICKSTART, out=out), runner="ray", progress=False)
     assert result.shards_built == 3
-    for folder in ("data", "rejects"):
-        names = sorted(p.name for p in (quickstart_dataset / folder).iterdir())
-        assert names == sorted(p.name for p in (out / folder).iterdir())
-        for name in names:
-            assert (out / folder / name).read_bytes() == (quickstart_dataset / folder / name).read_bytes(), name
+    assert_same_files(out, quickstart_dataset)
     rerun = build(load_plan(QUICKSTART, out=out), runner="ray", progress=False)
     assert rerun.shards_built == 0 and rerun.shards_skipped == 3
 
 
-def test_one_bad_sample_becomes_a_reject_not_a_crash() -> None:
+def test_one_bad_sample_becomes_a_reject_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:
     def flaky(batch: list[Sample]) -> list[Sample]:
         for s in batch:
             if s.index == 2:
@@ -35,23 +42,33 @@ def test_one_bad_sample_becomes_a_reject_not_a_crash() -> None:
         return batch
 
     samples = [Sample(id=str(i), index=i, source_ref=str(i)) for i in range(5)]
-    stats = apply_stage(flaky, "flaky", samples, batch_size=4)
-    assert [s.alive for s in samples] == [True, True, False, True, True]
-    assert samples[2].reject.reason == "ValueError: cannot handle item 2"
-    assert stats.passed == 4 and dict(stats.rejected) == {"ValueError": 1}
-    assert all(s.target_image is not None for s in samples if s.alive)
+    out = apply_stage(flaky, "flaky", samples, batch_size=4)
+    assert [s.alive for s in out] == [True, True, False, True, True]
+    assert out[2].reject.reason == "ValueError: cannot handle item 2"
+    stats = stage_stats(out)["flaky"]
+    assert stats.seen == 5 and stats.passed == 4 and dict(stats.rejected) == {"ValueError": 1}
+    assert all(s.target_image is not None for s in out if s.alive)
+    assert out[2].target_image is None  # the failed batch left nothing half-made on the retried sample
+    assert "a batch of 4 failed (ValueError: cannot handle item 2)" in caplog.text
 
 
-def test_a_stage_that_drops_samples_is_caught() -> None:
-    def dropper(batch: list[Sample]) -> list[Sample]:
-        return batch[:-1]
+def test_a_stage_that_drops_one_sample_rejects_it_and_one_that_drops_all_trips_the_breaker() -> None:
+    def drops_item_1(batch: list[Sample]) -> list[Sample]:
+        return [s for s in batch if s.index != 1]
 
-    samples = [Sample(id=str(i), index=i, source_ref=str(i)) for i in range(3)]
-    apply_stage(dropper, "dropper", samples, batch_size=3)
-    # alone, each sample is "dropped" too: nothing vanishes silently, each becomes a reject
-    assert all(not s.alive and "one for one" in s.reject.reason for s in samples)
+    samples = [Sample(id=str(i), index=i, source_ref=str(i)) for i in range(4)]
+    out = apply_stage(drops_item_1, "dropper", samples, batch_size=4)
+    assert [s.alive for s in out] == [True, False, True, True]
+    assert "returned nothing for sample 1" in out[1].reject.reason
+
+    def drops_all(batch: list[Sample]) -> list[Sample]:
+        return []
+
+    with pytest.raises(StageBroken, match="raised RuntimeError on 4 of 4 samples"):
+        apply_stage(drops_all, "dropper", samples, batch_size=4)
 
 
+@pytest.mark.slow
 def test_model_stage_runs_in_an_actor_pool_with_identical_bytes(ray_local, tmp_path: Path) -> None:
     from crispedit.engine import segments
 
@@ -61,8 +78,5 @@ def test_model_stage_runs_in_an_actor_pool_with_identical_bytes(ray_local, tmp_p
     assert names == [["source", "instruct", "classical"], ["ground"], ["mask_filter", "pixel_change", "write"]]
     build(plan, runner="ray", progress=False)
     build(load_plan(recipe, tiny=True, out=tmp_path / "local"), runner="local", progress=False)
-    for folder in ("data", "rejects"):
-        names = sorted(p.name for p in (tmp_path / "local" / folder).iterdir())
-        assert names and names == sorted(p.name for p in (tmp_path / "ray" / folder).iterdir())
-        for name in names:
-            assert (tmp_path / "ray" / folder / name).read_bytes() == (tmp_path / "local" / folder / name).read_bytes()
+    assert_same_files(tmp_path / "ray", tmp_path / "local")
+    assert not list((tmp_path / "ray").rglob("_parts/*"))  # parts are merged into shards, then removed

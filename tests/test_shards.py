@@ -75,8 +75,14 @@ def test_shard_names_come_from_ranges() -> None:
 
 def test_store_refuses_names_that_escape(tmp_path: Path) -> None:
     store = ShardStore(tmp_path, [])
+    for bad in ("../../x.parquet", "/etc/passwd", "a\\b"):
+        with pytest.raises(UnsafePathError):
+            store.output.join("data", bad)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link").symlink_to(tmp_path.parent)
     with pytest.raises(UnsafePathError):
-        store._path("data", "../../x.parquet")
+        store.output.write_text("data/link/escaped.txt", "x")
+    assert not (tmp_path.parent / "escaped.txt").exists()
 
 
 def test_inspect_prints_summary(quickstart_dataset: Path) -> None:

@@ -8,7 +8,12 @@ from crispedit.stages import (  # noqa: F401
     mask_filter,
     pixel_change,
     pixel_threshold,
+    select,
     source,
+    source_hf,
+    source_parquet,
+    source_text,
+    source_webdataset,
 )
 from crispedit.stages.base import (
     STAGES,

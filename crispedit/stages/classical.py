@@ -11,6 +11,8 @@ from crispedit.stages.base import Stage, register_stage
 class ClassicalStage(Stage):
     kind = "classical"
     default_batch_size = 8
+    requires = ("source_image", "meta.edit")
+    provides = ("target_image", "branch")
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         for sample in batch:

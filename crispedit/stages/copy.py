@@ -14,6 +14,8 @@ from crispedit.stages.base import Stage, register_stage
 class CopyStage(Stage):
     kind = "copy"
     default_batch_size = 64
+    requires = ("source_image",)
+    provides = ("target_image", "branch", "instruction")
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         for sample in batch:

@@ -16,7 +16,7 @@ from pydantic import Field
 from crispedit.masks import soft, twins  # noqa: F401  (twins: registers the tiny GroundingDINO and SAM)
 from crispedit.models import ModelSpec, load_model
 from crispedit.sample import Sample, derive_seed
-from crispedit.stages.base import Stage, StageParams, register_stage
+from crispedit.stages.base import Resources, Stage, StageParams, register_stage
 
 if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a recipe stays light
     import torch
@@ -25,22 +25,22 @@ if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a r
 class GroundParams(StageParams):
     """Every threshold, weight, radius and sigma of grounding and the soft mask."""
 
-    detector_model: ModelSpec = ModelSpec(id="IDEA-Research/grounding-dino-base")
-    segmenter_model: ModelSpec = ModelSpec(id="facebook/sam-vit-huge")
+    detector_model: ModelSpec = Field(ModelSpec(id="IDEA-Research/grounding-dino-base"), description="GroundingDINO checkpoint (id or path, revision, dtype)")
+    segmenter_model: ModelSpec = Field(ModelSpec(id="facebook/sam-vit-huge"), description="SAM checkpoint (id or path, revision, dtype)")
     box_threshold: float = Field(0.3, ge=0.0, le=1.0, description="UltraEdit: 0.3")
     text_threshold: float = Field(0.25, ge=0.0, le=1.0, description="UltraEdit: 0.25")
-    max_boxes_per_keyword: int = Field(0, ge=0, description="0 keeps every box above the thresholds")
-    sam_mask_threshold: float = 0.0
-    clip_masks_to_boxes: bool = False
-    image: Literal["source", "target"] = "source"
+    max_boxes_per_keyword: int = Field(0, ge=0, description="boxes kept per keyword, best first; 0 keeps every box above the thresholds")
+    sam_mask_threshold: float = Field(0.0, description="SAM logit above which a pixel is inside the mask")
+    clip_masks_to_boxes: bool = Field(False, description="cut each SAM mask to its detection box")
+    image: Literal["source", "target"] = Field("source", description="which image of the pair is grounded")
     keywords: list[str] = Field(default_factory=list, description="grounded in every sample besides its edit_objects")
-    dilate_radius: int = Field(8, ge=0)
-    blur_sigma: float = Field(4.0, ge=0.0)
-    precise_weight: float = Field(0.0, ge=0.0)
-    smooth_weight: float = Field(0.5, ge=0.0)
-    box_weight: float = Field(0.5, ge=0.0)
-    hull_weight: float = Field(0.0, ge=0.0)
-    device: str = "auto"
+    dilate_radius: int = Field(8, ge=0, description="dilation of the precise mask, in pixels (our default; upstream publishes none)")
+    blur_sigma: float = Field(4.0, ge=0.0, description="Gaussian blur of the dilated mask, in pixels")
+    precise_weight: float = Field(0.0, ge=0.0, description="weight of the precise SAM mask in the soft-mask fusion")
+    smooth_weight: float = Field(0.5, ge=0.0, description="weight of the dilated, blurred mask in the fusion")
+    box_weight: float = Field(0.5, ge=0.0, description="weight of the box mask in the fusion")
+    hull_weight: float = Field(0.0, ge=0.0, description="weight of the per-region convex hull in the fusion")
+    device: str = Field("auto", description="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1'...")
 
     def weights(self) -> soft.SoftMaskWeights:
         return soft.SoftMaskWeights(self.precise_weight, self.smooth_weight, self.box_weight, self.hull_weight)
@@ -75,8 +75,13 @@ class GroundStage(Stage):
     kind = "ground"
     Params = GroundParams
     uses_models = True
+    resources = Resources(num_cpus=1, num_gpus=1)
     default_batch_size = 8
+    provides = ("mask", "meta.precise_mask", "meta.boxes", "meta.whole_image")
     params: GroundParams
+
+    def inputs(self) -> set[str]:
+        return {f"{self.params.image}_image", "edit_objects"}
 
     def setup(self) -> None:
         from transformers import (
@@ -110,8 +115,7 @@ class GroundStage(Stage):
         if not hasattr(self, "grounder"):
             self.setup()
         for sample in batch:
-            if sample.alive:
-                self.ground_one(sample)
+            self.ground_one(sample)
         return batch
 
     def ground_one(self, sample: Sample) -> None:

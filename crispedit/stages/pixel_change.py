@@ -10,12 +10,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from crispedit.sample import Sample
-from crispedit.stages.base import Stage, StageParams, register_stage
+from crispedit.stages.base import FilterStage, StageParams, register_stage
 
 
 class PixelChangeParams(StageParams):
-    min_l1: float = Field(0.01, ge=0, le=1)
-    max_l1: float = Field(1.0, ge=0, le=1)
+    min_l1: float = Field(0.01, ge=0, le=1, description="reject pairs whose mean RGB change on [0, 1] is below this")
+    max_l1: float = Field(1.0, ge=0, le=1, description="reject pairs whose mean RGB change on [0, 1] is above this")
 
     @model_validator(mode="after")
     def _ordered(self) -> PixelChangeParams:
@@ -31,21 +31,24 @@ def pixel_l1(source: np.ndarray, target: np.ndarray) -> float:
 
 
 @register_stage
-class PixelChangeFilter(Stage):
+class PixelChangeFilter(FilterStage):
     kind = "pixel_change"
     Params = PixelChangeParams
     params: PixelChangeParams
-    default_batch_size = 64
+    columns = ("pixel_l1",)
 
-    def score_columns(self) -> list[str]:
-        return ["pixel_l1"]
+    def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
+        return [{"pixel_l1": pixel_l1(s.source_image, s.target_image)} for s in batch]
 
-    def __call__(self, batch: list[Sample]) -> list[Sample]:
-        for sample in batch:
-            score = pixel_l1(sample.source_image, sample.target_image)
-            sample.scores["pixel_l1"] = score
-            if score < self.params.min_l1:
-                sample.fail(self.name, f"too little change: pixel_l1 {score:.4f} < {self.params.min_l1}")
-            elif score > self.params.max_l1:
-                sample.fail(self.name, f"too much change: pixel_l1 {score:.4f} > {self.params.max_l1}")
-        return batch
+    def thresholds(self) -> dict[str, tuple[float | None, float | None]]:
+        return {"pixel_l1": (self.params.min_l1, self.params.max_l1)}
+
+    def decide(self, scores: dict[str, float | None]) -> str | None:
+        score = scores["pixel_l1"]
+        if score is None:
+            return "no score: pixel_l1 was not computed"
+        if score < self.params.min_l1:
+            return f"too little change: pixel_l1 {score:.4f} < {self.params.min_l1}"
+        if score > self.params.max_l1:
+            return f"too much change: pixel_l1 {score:.4f} > {self.params.max_l1}"
+        return None

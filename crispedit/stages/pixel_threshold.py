@@ -33,12 +33,12 @@ class PixelThreshold(Stage):
     Params = PixelThresholdParams
     params: PixelThresholdParams
     default_batch_size = 32
+    requires = ("source_image", "target_image")
+    provides = ("target_image",)
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         p = self.params
         for sample in batch:
-            if not sample.alive:
-                continue
             turns = sample.meta.get(TURNS_KEY)
             if turns is None:
                 if sample.source_image is None or sample.target_image is None:

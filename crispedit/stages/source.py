@@ -24,11 +24,16 @@ class Source(ABC):
 
     kind: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
+    #: Sample fields and ``meta.KEY``s every item arrives with (checked by ``crispedit validate``).
+    provides: ClassVar[tuple[str, ...]] = ("source_image", "source_caption")
     name = "source"
 
     def __init__(self, params: StageParams, context: BuildContext) -> None:
         self.params = params
         self.context = context
+
+    def outputs(self) -> set[str]:
+        return set(self.provides)
 
     @abstractmethod
     def count(self) -> int:
@@ -68,6 +73,7 @@ class ImageListSource(Source):
     """Shared loading for sources that are a fixed list of image files with captions."""
 
     params: ImageSourceParams
+    provides = ("source_image", "source_caption", "meta.image_index", "meta.variant")
 
     @abstractmethod
     def entries(self) -> list[ImageEntry]:
@@ -115,14 +121,14 @@ class ImageListSource(Source):
 
 
 class FolderParams(ImageSourceParams):
-    folder: Path
-    recursive: bool = True
+    folder: Path = Field(description="the folder of images (relative paths are relative to the working directory)")
+    recursive: bool = Field(True, description="look in subfolders too")
     captions: str = Field(
         "filename",
         pattern="^(filename|sidecar)$",
         description="'filename': a caption from the file name; 'sidecar': NAME.txt beside each image",
     )
-    caption_template: str = "a photo of {name}"
+    caption_template: str = Field("a photo of {name}", description="caption made from the file name ({name}) when there is no sidecar")
 
     @field_validator("folder")
     @classmethod
@@ -179,7 +185,10 @@ SKIMAGE_PHOTOS: dict[str, tuple[str, str]] = {
 
 
 class SkimageParams(ImageSourceParams):
-    photos: list[str] = Field(default_factory=lambda: ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle", "immunohistochemistry", "camera"])
+    photos: list[str] = Field(
+        default_factory=lambda: ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle", "immunohistochemistry", "camera"],
+        description="which of scikit-image's bundled photographs to use, in this order",
+    )
 
     @field_validator("photos")
     @classmethod

@@ -12,7 +12,7 @@ from crispedit.masks.pixel_threshold import (
     threshold_pixels,
 )
 from crispedit.sample import Sample
-from crispedit.stages.base import BuildContext, apply_stage
+from crispedit.stages.base import BuildContext, apply_stage, stage_stats
 from crispedit.stages.mask_filter import MaskFilter, MaskFilterParams
 from crispedit.stages.pixel_threshold import PixelThreshold, PixelThresholdParams
 
@@ -66,8 +66,10 @@ def test_mask_filter_stage_rejects_with_reasons_and_keeps_scores() -> None:
         Sample(id="c", index=2, source_ref="c"),
         Sample(id="d", index=3, source_ref="d", mask=big, meta={"whole_image": True}),
     ]
-    stats = apply_stage(MaskFilter(MaskFilterParams(), CONTEXT), "mask_filter", samples, 8)
-    assert samples[0].alive and samples[0].scores == {"mask_coverage": 0.16, "mask_contours": 1.0}
+    samples = apply_stage(MaskFilter(MaskFilterParams(), CONTEXT), "mask_filter", samples, 8)
+    stats = stage_stats(samples)["mask_filter"]
+    assert samples[0].alive and samples[0].scores == {"mask_coverage": 0.16, "mask_contours": 1.0, "mask_whole_image": 0.0}
+    assert samples[1].scores["mask_coverage"] == 1.0  # a filter's reject keeps its scores
     assert samples[1].reject.reason.startswith("mask too large")
     assert samples[2].reject.reason.startswith("no mask")
     assert samples[3].alive  # a global edit's full mask is by design
@@ -146,7 +148,7 @@ def test_pixel_threshold_stage_pairs_and_chains() -> None:
                    meta={"turn_images": [source, target, turn2]})
     broken = Sample(id="x", index=2, source_ref="x", source_image=source)
     stage = PixelThreshold(PixelThresholdParams(), CONTEXT)
-    apply_stage(stage, "pixel_threshold", [pair, chain, broken], 8)
+    pair, chain, broken = apply_stage(stage, "pixel_threshold", [pair, chain, broken], 8)
     expected = threshold_pixels(source, target)
     np.testing.assert_array_equal(pair.target_image, expected.image)
     assert pair.scores["pixel_reverted"] == pytest.approx(expected.reverted_fraction)

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from crispedit.masks import soft
 from crispedit.sample import Sample
-from crispedit.stages.base import BuildContext, apply_stage
+from crispedit.stages.base import BuildContext, apply_stage, stage_stats
 from crispedit.stages.ground import GroundParams, GroundStage
 
 CONTEXT = BuildContext(recipe_name="ground-test", fingerprint="f" * 16, seed=7, tiny=True)
@@ -62,7 +62,8 @@ def test_missing_keyword_and_missing_image_are_rejects_not_crashes(drawn_image: 
         Sample(id="s1", index=1, source_ref="x", edit_objects=["cat"]),
         make_sample(2, drawn_image, []),
     ]
-    stats = apply_stage(stage, "ground", samples, batch_size=8)
+    samples = apply_stage(stage, "ground", samples, batch_size=8)
+    stats = stage_stats(samples)["ground"]
     assert samples[0].reject.reason == "no detection: 'cat', 'red hat'"
     assert samples[1].reject.reason.startswith("missing image:")
     assert samples[2].alive  # a global edit needs no detection

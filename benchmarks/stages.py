@@ -1,0 +1,15 @@
+"""Benchmark-only stage kinds, registered through a recipe's ``plugins: [benchmarks.stages]``."""
+
+from __future__ import annotations
+
+from crispedit.stages.base import register_stage
+from crispedit.stages.copy import CopyStage
+
+
+@register_stage
+class CopyInActorStage(CopyStage):
+    """The copy generator run the way a model stage runs: in an actor pool, so every sample
+    crosses two Ray step boundaries (the transport a real GPU stage pays for)."""
+
+    kind = "copy_actor"
+    uses_models = True

@@ -1,0 +1,194 @@
+"""One example per registered stage and source kind, for the contract battery (tests/test_battery.py).
+
+diffusers gives every pipeline test a ``get_dummy_components``/``get_dummy_inputs``; this is
+the same idea as data: a new kind adds its case here, and the battery checks it like all others.
+A stage case gives the stage's params and a function making its input samples (already
+carrying whatever earlier stages would have written); a source case gives params for data
+the function writes under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from crispedit.sample import Sample, sample_id
+
+
+def photo(seed: int, size: int = 32) -> np.ndarray:
+    """A small drawn picture: a gradient with a bright square, different per seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([(x * 255 // size), (y * 255 // size), np.full_like(x, rng.integers(0, 255))], -1).astype(np.uint8)
+    lo = int(rng.integers(2, size // 2))
+    image[lo : lo + size // 3, lo : lo + size // 3] = rng.integers(0, 255, 3)
+    return image
+
+
+def items(n: int = 3, **fields: Any) -> list[Sample]:
+    out = []
+    for i in range(n):
+        s = Sample(id=sample_id("battery", i), index=i, source_ref=f"item{i}", source_image=photo(i),
+                   source_caption=f"a drawn square number {i}", meta={"image_index": i, "variant": 0})
+        for key, value in fields.items():
+            setattr(s, key, value(i) if callable(value) else value)
+        out.append(s)
+    return out
+
+
+def pairs(n: int = 3) -> list[Sample]:
+    out = items(n)
+    for s in out:
+        s.target_image = np.clip(s.source_image.astype(np.int16) + 40 + 10 * s.index, 0, 255).astype(np.uint8)
+        s.instruction = "make it brighter"
+        s.target_caption = s.source_caption + ", brighter"
+    return out
+
+
+def with_masks(n: int = 3) -> list[Sample]:
+    out = pairs(n)
+    for s in out:
+        mask = np.zeros(s.source_image.shape[:2], np.uint8)
+        mask[4 : 8 + 6 * s.index, 4:20] = 255
+        s.mask = mask
+        s.meta["precise_mask"] = mask
+    return out
+
+
+def edited(n: int = 3) -> list[Sample]:
+    from crispedit.stages.base import BuildContext
+    from crispedit.stages.instruct import InstructParams, InstructStage
+
+    stage = InstructStage(InstructParams(backend="template"), BuildContext("battery", "battery", 0))
+    return stage([s.clone() for s in items(n)])
+
+
+def candidates(n: int = 2) -> list[Sample]:
+    out = []
+    for parent in pairs(n):
+        for k in range(3):
+            out.append(parent.spawn(k, scores={"pixel_l1": 0.1 * (k + 1) + parent.index}))
+    return out
+
+
+@dataclass
+class StageCase:
+    params: dict[str, Any]
+    inputs: Callable[[], list[Sample]]
+    #: Outputs a stage may legitimately leave empty for these inputs.
+    optional: set[str] = field(default_factory=set)
+
+
+STAGE_CASES: dict[str, StageCase] = {
+    "instruct": StageCase({"backend": "template"}, items, optional={"meta.edit"}),
+    "classical": StageCase({}, edited),
+    "copy": StageCase({}, items),
+    "ground": StageCase(
+        {"detector_model": "tiny", "segmenter_model": "tiny", "keywords": ["main object"], "box_threshold": 0.0, "text_threshold": 0.0},
+        lambda: items(2, edit_objects=lambda i: ["square"]),
+    ),
+    "mask_filter": StageCase({}, with_masks),
+    "pixel_change": StageCase({}, pairs),
+    "pixel_threshold": StageCase({}, pairs),
+    "select": StageCase({"score": "pixel_l1", "keep": 1}, candidates),
+}
+
+
+# --- quality filters (issue 11): a local chat server for the judge, a benchmark folder for decontaminate ---
+def _judge_server_url() -> str:
+    """A tests/llm_server.py instance for the judge's case, started once per process (a daemon thread)."""
+    from tests.llm_server import LLMServer
+
+    global _JUDGE_SERVER
+    if _JUDGE_SERVER is None:
+        _JUDGE_SERVER = LLMServer().start()
+    return _JUDGE_SERVER.url
+
+
+def _benchmark_folder() -> str:
+    """Two drawn benchmark images, unlike the cases' photos (so the case keeps its samples)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="crispedit-battery-bench-"))
+    for i in range(2):
+        y, x = np.mgrid[0:48, 0:48]
+        Image.fromarray(np.stack([(x * y) % 256, (x * 7) % 256, (y * 13) % 256], -1).astype(np.uint8)[:, :: i + 1]).save(folder / f"b{i}.png")
+    return str(folder)
+
+
+_JUDGE_SERVER = None
+STAGE_CASES["clip_filter"] = StageCase({"clip_model": "tiny", "dino_model": "tiny"}, pairs)
+STAGE_CASES["locality_filter"] = StageCase({"max_l1_outside": 0.9}, with_masks)
+STAGE_CASES["safety_filter"] = StageCase({"model": "tiny"}, pairs)
+STAGE_CASES["dedupe"] = StageCase({}, pairs)
+STAGE_CASES["decontaminate"] = StageCase({"benchmarks": [{"name": "drawn", "kind": "folder", "path": _benchmark_folder()}]}, pairs)
+STAGE_CASES["judge"] = StageCase(
+    {"llm": {"base_url": _judge_server_url(), "model": "local-test-model", "api_key_env": None, "timeout": 5, "max_retries": 1},
+     "cache": False},
+    pairs,
+)
+
+def write_folder(root: Path) -> dict[str, Any]:
+    folder = root / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(photo(i, 40)).save(folder / f"red_car_{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return {"folder": str(folder), "max_side": 32}
+
+
+def _png(i: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(photo(i, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_parquet(root: Path) -> dict[str, Any]:
+    rows = [{"bytes": _png(i), "path": None} for i in range(3)] + [{"bytes": b"\xff\xd8\xffbroken", "path": None}]
+    pq.write_table(pa.table({"image": rows, "caption": [f"photo {i}" for i in range(4)]}), root / "photos.parquet", row_group_size=2)
+    return {"files": [str(root / "photos.parquet")], "max_side": 32}
+
+
+def write_hf(root: Path) -> dict[str, Any]:
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    images = [{"bytes": _png(i), "path": None} for i in range(3)]
+    datasets.Dataset.from_dict({"image": images, "text": ["a", "b", "c"]}, features=features).save_to_disk(str(root / "ds"))
+    return {"path": str(root / "ds"), "caption_column": "text", "max_side": 32}
+
+
+def write_webdataset(root: Path) -> dict[str, Any]:
+    with tarfile.open(root / "shard-0000.tar", "w") as tar:
+        for i in range(3):
+            for name, data in ((f"{i:06d}.png", _png(i)), (f"{i:06d}.txt", f"photo {i}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return {"shards": [str(root / "shard-0000.tar")], "max_side": 32}
+
+
+def write_captions(root: Path) -> dict[str, Any]:
+    file = root / "captions.jsonl"
+    file.write_text('{"caption": "a cat on a mat"}\n{"caption": ""}\n{"caption": "a boat at sea"}\n')
+    return {"file": str(file)}
+
+
+SOURCE_CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "empty": lambda root: {"count": 3, "texts": ["a castle", "a harbour"]},
+    "captions": write_captions,
+    "skimage": lambda root: {"photos": ["astronaut", "coffee"], "max_side": 32, "edits_per_image": 2},
+    "folder": write_folder,
+    "parquet": write_parquet,
+    "hf_dataset": write_hf,
+    "webdataset": write_webdataset,
+}
