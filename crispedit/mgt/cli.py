@@ -12,20 +12,64 @@ import logging
 import sys
 from pathlib import Path
 
+# Task inversion learns one vector: a short run at a higher rate than full training.
+INVERSION_STEPS = 200
+INVERSION_LEARNING_RATE = 1e-3
+
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import MGTConfig, resolve_config
-    from .train import train
+    from .config import MGTConfig, apply_overrides, resolve_config
+    from .train import TaskInversion, inversion_config, train
 
-    cfg = MGTConfig.load(resolve_config(args.config))
+    invert = None
+    if args.invert_task:
+        if not args.from_checkpoint:
+            print("error: --invert-task needs --from CKPT (the model to add the task to)", file=sys.stderr)
+            return 2
+        from .checkpoint import resolve_checkpoint
+        from .released import is_released_layout
+
+        base = Path(args.from_checkpoint)
+        base = base if is_released_layout(base) else resolve_checkpoint(base)
+        invert = TaskInversion(args.invert_task, base)
+        cfg = inversion_config(base, args.invert_task)
+        cfg.train.max_steps = INVERSION_STEPS
+        cfg.train.learning_rate = INVERSION_LEARNING_RATE
+        cfg.train.lr_scheduler, cfg.train.lr_warmup_steps = "constant", 0
+    elif args.config:
+        cfg = MGTConfig.load(resolve_config(args.config))
+    else:
+        print("error: train needs --config (or --invert-task NAME --from CKPT)", file=sys.stderr)
+        return 2
+    if args.set:
+        cfg = apply_overrides(cfg, args.set)
     if args.seed is not None:
         cfg.train.seed = args.seed
+    if args.learning_rate is not None:
+        cfg.train.learning_rate = args.learning_rate
+    if args.num_workers is not None:
+        cfg.train.num_workers = args.num_workers
+    show = sys.stderr.isatty() and not args.no_progress
     result = train(cfg, args.data, output_dir=args.output_dir or cfg.train.output_dir, max_steps=args.max_steps,
-                   resume=args.resume)
+                   resume=args.resume, invert=invert, show_progress=show)
     last = result.losses[-1] if result.losses else float("nan")
-    print(json.dumps({"output_dir": str(result.output_dir), "step": result.progress.step, "last_loss": last,
-                      "tokens_per_second": round(result.tokens_per_second, 1)}))
+    summary = {"output_dir": str(result.output_dir), "step": result.progress.step, "epoch": result.progress.epoch,
+               "last_loss": last, "tokens_per_second": round(result.tokens_per_second, 1)}
+    if invert is not None:
+        summary["task"] = invert.name
+        summary["first_loss"] = result.losses[0] if result.losses else float("nan")
+    print(json.dumps(summary))
     return 0
+
+
+def _llm(args: argparse.Namespace):  # noqa: ANN202 - crispedit.llm.LLMSettings, imported lazily
+    if not args.llm_base_url:
+        return None
+    if not args.llm_model:
+        raise SystemExit("error: --llm-base-url needs --llm-model")
+    from .llm_tasks import llm_settings
+
+    return llm_settings(args.llm_base_url, args.llm_model, args.llm_api_key_env)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -40,59 +84,103 @@ def _edit(args: argparse.Namespace) -> int:
     except ImageRejected as error:
         print(f"error: {args.image}: {error}", file=sys.stderr)
         return 2
-    pipe = EditPipeline.from_checkpoint(args.checkpoint, device=_device(args.device))
+    pipe = EditPipeline.from_checkpoint(args.checkpoint, device=_device(args.device), overrides=args.set)
+    task = args.task
+    if task is not None and task not in pipe.tasks:
+        known = ", ".join(pipe.tasks) or "none: it was trained without task embeddings"
+        print(f"error: --task {task!r} is not a task of this model ({known})", file=sys.stderr)
+        return 2
+    settings = _llm(args)
+    if task is None and pipe.tasks and settings is not None:
+        from .llm_tasks import predict_tasks
+
+        task, error = predict_tasks([args.instruction], pipe.tasks, settings, Path(args.out).parent / ".llm-cache")[0]
+        print(f"task: {task}" if task else f"task: not predicted ({error}); editing without one", file=sys.stderr)
     image = pipe(Image.fromarray(pixels), args.instruction, steps=args.steps, guidance_scale=args.guidance,
-                 seed=args.seed, tau=args.tau, keywords=args.keyword)
+                 seed=args.seed, tau=args.tau, keywords=args.keyword, task=task)
     image.save(args.out)
     print(args.out)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, write_report
+    from .bench_formats import parse_columns
+    from .evaluate import evaluate, print_summary
 
-    report = evaluate(args.checkpoint, args.benchmark, steps=args.steps, seed=args.seed, limit=args.limit,
-                      device=_device(args.device), clip_id=args.clip_model, dino_id=args.dino_model)
-    if args.out:
-        write_report(report, args.out)
-    print(json.dumps(report["metrics"], indent=2))
+    report = evaluate(args.checkpoint, args.benchmark, args.out_dir, fmt=args.format, columns=parse_columns(args.columns),
+                      split=args.split, steps=args.steps, seed=args.seed, limit=args.limit, device=_device(args.device),
+                      clip_id=args.clip_model, dino_id=args.dino_model, overrides=args.set, save_images=args.save_images,
+                      llm_settings=_llm(args))
+    print_summary(report)
+    print(json.dumps({"samples": str(report.samples_path), "summary": str(report.summary_path), "n": report.n,
+                      "metrics": report.summary.get("all", {})}))
     return 0
+
+
+def _llm_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--llm-base-url", default=None, help=f"OpenAI-compatible endpoint for {what}")
+    p.add_argument("--llm-model", default=None)
+    p.add_argument("--llm-api-key-env", default=None, help="NAME of the environment variable holding the key (default: the LLM client's; none: no key)")
+
+
+def _set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set sample.steps=16 (repeatable)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train`, `edit` and `eval` to an existing argparse subparsers object."""
     p = subparsers.add_parser("train", help="train the bundled EditMGT editor on crispedit shards")
     p.add_argument("data", nargs="+", metavar="DATA", help="dataset dirs (OUT with data/*.parquet) or .parquet files")
-    p.add_argument("--config", required=True, help="YAML config path or bundled name (tiny, small, full)")
+    p.add_argument("--config", default=None, help="YAML config path or bundled name (tiny, small, full)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--num-workers", type=int, default=None, help="loader worker processes (must divide loader_streams)")
+    p.add_argument("--invert-task", default=None, metavar="NAME",
+                   help="learn one new task vector NAME from DATA, everything else frozen (needs --from)")
+    p.add_argument("--from", dest="from_checkpoint", default=None, metavar="CKPT",
+                   help="checkpoint, output dir or released EditMGT dir to invert a task on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
+    _set_flag(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("edit", help="edit one image with a trained EditMGT checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir or training output dir")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, training output dir or released EditMGT dir")
     p.add_argument("--image", required=True)
     p.add_argument("--instruction", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--task", default=None, help="task category (models trained with task embeddings)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tau", type=float, default=None, help="region-hold threshold; 0 disables")
     p.add_argument("--keyword", action="append", default=None, help="instruction word(s) that locate the edit")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    _llm_flags(p, "predicting the task when --task is not given")
+    _set_flag(p)
     p.set_defaults(func=_edit)
 
-    p = subparsers.add_parser("eval", help="L1, CLIP-I, DINO, CLIP-T of a checkpoint on a benchmark Parquet")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--benchmark", required=True, help="Parquet with source, instruction and target columns")
-    p.add_argument("--out", default=None, help="write the per-row report as JSON")
+    p = subparsers.add_parser("eval", help="edit a benchmark and score it (L1, CLIP-I, DINO, CLIP-T, CLIP-dir)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, training output dir or released EditMGT dir")
+    p.add_argument("--benchmark", required=True,
+                   help="Parquet file or dir: crispedit shards, Emu Edit test set, MagicBrush, or --columns")
+    p.add_argument("--format", default="auto", choices=["auto", "crispedit", "emu_edit", "magicbrush"])
+    p.add_argument("--columns", default=None, metavar="ROLE=COL,...",
+                   help="map columns: source, target, instruction, task, input_caption, output_caption, id")
+    p.add_argument("--split", default=None, help="only files whose name starts with this (e.g. test)")
+    p.add_argument("--out-dir", default="eval-out", help="writes samples.parquet and summary.json here")
+    p.add_argument("--save-images", action="store_true", help="store each edited PNG in samples.parquet")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP id or path for CLIP-I and CLIP-T")
     p.add_argument("--dino-model", default="facebook/dinov2-base", help="DINOv2 id or path for DINO")
+    _llm_flags(p, "GEdit-style MLLM scores")
+    _set_flag(p)
     p.set_defaults(func=_eval)
 
 

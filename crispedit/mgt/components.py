@@ -49,7 +49,7 @@ def build_text(cfg: ModelConfig) -> TextConditioner:
         c = cfg.llm
         llm_tok = AutoTokenizer.from_pretrained(c.id, subfolder=c.tokenizer_subfolder or c.subfolder or "", revision=c.revision, use_fast=True)
         llm_tok.padding_side = "right"
-        llm = AutoModelForCausalLM.from_pretrained(c.id, subfolder=c.subfolder or "", revision=c.revision, torch_dtype=torch.bfloat16)
+        llm = AutoModelForCausalLM.from_pretrained(c.id, subfolder=c.subfolder or "", revision=c.revision, dtype=torch.bfloat16)
     return TextConditioner(clip_tok, clip, llm_tok, llm, cfg.text_max_length, cfg.clip_max_length, cfg.llm_hidden_layer)
 
 
@@ -69,9 +69,19 @@ def load_safetensors_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def load_released_weights(model: EditMGTTransformer, state: dict[str, torch.Tensor]) -> None:
+    """Strict by name, except the task vectors, which the released layout does not have: when
+    the state lacks them they keep their zero init (no effect until trained)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("task_embed.")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"transformer weights do not match the model: missing {missing[:8]} "
+                           f"unexpected {result.unexpected_keys[:8]}")
+
+
 def build_transformer_from_config(cfg: ModelConfig, init: ComponentConfig | None = None) -> EditMGTTransformer:
     """Random init, then (optionally) released weights loaded strictly by name."""
-    model = build_transformer(cfg.transformer)
+    model = build_transformer(cfg.transformer, cfg.num_tasks)
     init = init or cfg.init_transformer
     if init is not None and init.id:
         path = Path(init.id)
@@ -81,5 +91,30 @@ def build_transformer_from_config(cfg: ModelConfig, init: ComponentConfig | None
             path = Path(snapshot_download(init.id, revision=init.revision, allow_patterns=[f"{init.subfolder or ''}*"]))
             if init.subfolder:
                 path = path / init.subfolder
-        model.load_state_dict(load_safetensors_weights(path), strict=True)
+        load_released_weights(model, load_safetensors_weights(path))
     return model
+
+
+def load_trained_transformer(checkpoint: Path, cfg: ModelConfig, lora: tuple[int, float, tuple[str, ...]] | None = None,
+                             use_ema: bool = True) -> EditMGTTransformer:
+    """The transformer of a crispedit training checkpoint, EMA weights when present, LoRA merged.
+
+    The result has exactly the plain parameter names again (plus `task_embed.weight` when the
+    model has task vectors), whatever the training used.
+    """
+    model = build_transformer_from_config(cfg, init=None)
+    state = load_safetensors_weights(checkpoint / "model.safetensors")
+    ema = checkpoint / "ema.safetensors"
+    if lora is not None and lora[0] > 0:
+        from .lora import apply_lora, merge_lora
+
+        apply_lora(model, *lora)
+        model.load_state_dict(state, strict=True)
+        if use_ema and ema.exists():
+            model.load_state_dict(load_safetensors_weights(ema), strict=False)
+        merge_lora(model)
+    else:
+        model.load_state_dict(state, strict=True)
+        if use_ema and ema.exists():
+            model.load_state_dict(load_safetensors_weights(ema), strict=False)
+    return model.requires_grad_(True)

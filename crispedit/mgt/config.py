@@ -61,12 +61,29 @@ class ModelConfig:
     llm: ComponentConfig = field(default_factory=lambda: ComponentConfig("google/gemma-2-2b-it"))
     # Optional pretrained transformer weights (a safetensors file or diffusers folder) to start from.
     init_transformer: ComponentConfig | None = None
+    # Emu Edit task embeddings: one learned vector per task category, added to the conditioning
+    # that drives the adaptive norms. Off by default. `tasks` is the vocabulary; when it is empty
+    # and task_embeddings is on, training collects it from the shards' `task` column.
+    task_embeddings: bool = False
+    tasks: tuple[str, ...] = ()
     llm_hidden_layer: int = -2
     text_max_length: int = 256
     clip_max_length: int = 77
     resolution: int = 1024
     # Tiny twins are initialised from this seed so every process rebuilds identical weights.
     tiny_seed: int = 1234
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks) if self.task_embeddings else 0
+
+    def task_id(self, name: str | None) -> int:
+        """Index of a task in the vocabulary; -1 (no task vector) for None or without task embeddings."""
+        if name is None or not self.task_embeddings:
+            return -1
+        if name not in self.tasks:
+            raise ValueError(f"unknown task {name!r}; this model knows: {', '.join(self.tasks) or '(none)'}")
+        return self.tasks.index(name)
 
 
 @dataclass
@@ -106,6 +123,17 @@ class TrainConfig:
     lora_alpha: float = 0.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
     datasets: list[DatasetSpec] = field(default_factory=list)
+    # Data loading (see loader.py). Worker processes decode; `loader_streams` fixes the sample
+    # order, so any num_workers dividing it gives the same batches; each stream mixes
+    # `shuffle_row_groups` row groups at a time (memory: streams x that many row groups).
+    num_workers: int = 2
+    loader_streams: int = 4
+    shuffle_row_groups: int = 2
+    # "ratio": the model is given the mask ratio r (it embeds r*1000). "ratio_x1000": upstream
+    # EditMGT training, which feeds r*1000 (the model embeds r*10^6): use it to fine-tune released weights.
+    timestep_mode: str = "ratio"
+    # accelerate tracker: "auto" = tensorboard when installed, else none; "none"; or a tracker name.
+    report_to: str = "auto"
 
 
 @dataclass
@@ -120,9 +148,12 @@ class SampleConfig:
     capture_blocks: tuple[int, ...] = (28, 29, 30, 31, 32, 33, 34, 35, 36)
     negative_prompt: str = ""
     temperature: tuple[float, float] = (2.0, 0.0)
-    # "ratio": the model's timestep is the current mask ratio, as in training.
-    # "step_index": upstream inference quirk (N-1..0); only for their released weights.
+    # "ratio": the model is given the current mask ratio, as train.timestep_mode ratio.
+    # "ratio_x1000": the mask ratio times 1000, as upstream training (train.timestep_mode ratio_x1000).
+    # "step_index": upstream inference, the step index N-1..0; what their released weights were sampled with.
     timestep_mode: str = "ratio"
+    # Fraction of tokens still masked after step k of N: cosine cos(pi/2 (k+1)/N), or linear 1 - (k+1)/N.
+    masking_schedule: str = "cosine"
 
 
 @dataclass
@@ -187,6 +218,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         (ModelConfig, "init_transformer"): ComponentConfig,
     }
     for key, value in data.items():
+        _check_scalar(fields[key].type, value, f"{where}{key}")
         sub = hints.get((cls, key))
         if sub is not None and value is not None:
             kwargs[key] = _build(sub, value, f"{where}{key}.")
@@ -197,3 +229,54 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_CHOICES = {
+    "timestep_mode": ("ratio", "ratio_x1000", "step_index"),
+    "masking_schedule": ("cosine", "linear"),
+}
+
+
+def _check_scalar(annotation: object, value: object, where: str) -> None:
+    """Reject a value of the wrong type (`learning_rate: "1e-4"`) with its dotted path.
+
+    Only plain scalar fields are checked (the annotations are strings under
+    `from __future__ import annotations`); `X | None` fields also accept null.
+    """
+    text = str(annotation).replace(" ", "")
+    optional = text.endswith("|None")
+    base = text.removesuffix("|None")
+    if value is None and optional:
+        return
+    allowed = _SCALARS.get(base)
+    if allowed is None:
+        return
+    wrong_bool = isinstance(value, bool) and bool not in allowed
+    if wrong_bool or not isinstance(value, allowed):
+        raise ValueError(f"{where}: expected {base}, got {type(value).__name__} {value!r}")
+    name = where.rsplit(".", 1)[-1]
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(_CHOICES[name])}")
+
+
+def apply_overrides(cfg: MGTConfig, assignments: list[str]) -> MGTConfig:
+    """`--set model.resolution=512 --set sample.steps=16`: values parsed as YAML, keys checked as in a file."""
+    data = cfg.to_dict()
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. sample.steps=16")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+            if not isinstance(node[part], dict):
+                raise ValueError(f"--set {key}: {part} is not a section")
+            node = node[part]
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        return MGTConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--set: {err}") from err

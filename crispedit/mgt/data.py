@@ -1,14 +1,14 @@
-"""Training pairs read straight from Parquet shards: crispedit's and upstream EditMGT's.
+"""What a training pair is: its columns in a shard, its decoded pixels, its crop window, a batch.
 
-* crispedit shards: OUT/data/train-*.parquet with source_image/target_image as HF Image
-  structs {bytes, path} and `instruction`.
+* crispedit shards: OUT/data/train-*.parquet in the sample schema (crispedit.sample): source
+  and target as HF Image structs {bytes, path}, `instruction`, `task`.
 * upstream column names (EditMGT src/dataset_utils.py): instruction in `edit_instruction`;
   target in `output`/`output_img`/`edited_file`/`generated_image`; source in
   `input`/`input_img`/`image_file`; images as {bytes} structs or raw bytes.
 
-Several datasets are mixed with per-dataset ratios. The order of samples is a pure
-function of (seed, position), so a resumed run sees exactly the samples an uninterrupted
-run would, and the crop window of each sample is drawn from the same function.
+Images are decoded with crispedit.images.decode_image, the same checks a build applies to a
+source file (pixel limit read from the header before decoding, EXIF rotation, alpha put on
+white), so a hostile or huge image in a shard is an error with a reason, not a hang.
 
 Source and target are cropped with ONE window (upstream cropped them independently, which
 misaligns non-square pairs); a target of a different size is first resized to the source's.
@@ -16,21 +16,35 @@ misaligns non-square pairs); a target of a different size is first resized to th
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-INSTRUCTION_COLUMNS = ("instruction", "edit_instruction")
-TARGET_COLUMNS = ("target_image", "output", "output_img", "edited_file", "generated_image")
-SOURCE_COLUMNS = ("source_image", "input", "input_img", "image_file")
+from crispedit.images import DEFAULT_MAX_PIXELS, decode_image
+from crispedit.sample import IMAGE_COLUMNS, TEXT_COLUMNS
+
+
+def _declared(name: str, columns: tuple[str, ...]) -> str:
+    """A column name of the sample schema; fails at import if crispedit.sample renames it."""
+    if name not in columns:
+        raise ImportError(f"crispedit.sample no longer declares the column {name!r} ({columns})")
+    return name
+
+
+SOURCE = _declared("source_image", IMAGE_COLUMNS)
+TARGET = _declared("target_image", IMAGE_COLUMNS)
+INSTRUCTION = _declared("instruction", TEXT_COLUMNS)
+TASK = _declared("task", TEXT_COLUMNS)
+SOURCE_CAPTION = _declared("source_caption", TEXT_COLUMNS)
+TARGET_CAPTION = _declared("target_caption", TEXT_COLUMNS)
+
+# crispedit's own name first, then upstream EditMGT's alternatives.
+INSTRUCTION_COLUMNS = (INSTRUCTION, "edit_instruction")
+TARGET_COLUMNS = (TARGET, "output", "output_img", "edited_file", "generated_image")
+SOURCE_COLUMNS = (SOURCE, "input", "input_img", "image_file")
 # Fixed fifth micro-condition (aesthetic score) used by Meissonic/EditMGT.
 AESTHETIC_SCORE = 6.0
 
@@ -49,11 +63,12 @@ def discover_shards(path: str | Path) -> list[Path]:
     return files
 
 
-def _pick(names: list[str], candidates: tuple[str, ...], what: str, file: Path) -> str:
+def pick_column(names: list[str], candidates: tuple[str, ...], what: str, where: object) -> str:
+    """The first candidate present; the error names the file and what was looked for."""
     for c in candidates:
         if c in names:
             return c
-    raise ValueError(f"{file}: no {what} column; looked for {', '.join(candidates)}; found {', '.join(names)}")
+    raise ValueError(f"{where}: no {what} column; looked for {', '.join(candidates)}; found {', '.join(names)}")
 
 
 def image_bytes(value: object) -> bytes:
@@ -68,168 +83,69 @@ def image_bytes(value: object) -> bytes:
     raise ValueError(f"cannot read an image from a value of type {type(value).__name__}")
 
 
-def decode_image(data: bytes) -> Image.Image:
-    return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+def decode_rgb(value: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A shard cell (struct or bytes) -> HxWx3 uint8, through crispedit.images' checked decoder."""
+    pixels, _notes = decode_image(image_bytes(value), max_pixels=max_pixels)
+    return pixels
 
 
-@dataclass(frozen=True)
-class _File:
-    path: Path
-    row_group_starts: tuple[int, ...]
-    num_rows: int
-    columns: tuple[str, str, str]  # instruction, source, target
+def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
 
 
-class ShardDataset:
-    """Random access to the rows of one dataset's Parquet files, one row group at a time."""
+def crop_pair(source: Image.Image | np.ndarray, target: Image.Image | np.ndarray, resolution: int,
+              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Scale the short side to `resolution`, then cut BOTH images with the same R x R window.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.files: list[_File] = []
-        starts = [0]
-        for f in discover_shards(path):
-            meta = pq.ParquetFile(f)
-            names = meta.schema_arrow.names
-            cols = (
-                _pick(names, INSTRUCTION_COLUMNS, "instruction", f),
-                _pick(names, SOURCE_COLUMNS, "source image", f),
-                _pick(names, TARGET_COLUMNS, "target image", f),
-            )
-            rg = [meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)]
-            self.files.append(_File(f, tuple(np.cumsum([0] + rg[:-1]).tolist()), sum(rg), cols))
-            starts.append(starts[-1] + sum(rg))
-        self._starts = np.asarray(starts)
-        if len(self) == 0:
-            raise ValueError(f"dataset {path}: the Parquet files hold no rows")
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    @staticmethod
-    @lru_cache(maxsize=4)
-    def _row_group(path: Path, index: int, columns: tuple[str, str, str]) -> pa.Table:
-        return pq.ParquetFile(path).read_row_group(index, columns=list(columns))
-
-    def __getitem__(self, index: int) -> tuple[str, bytes, bytes]:
-        """(instruction, source image bytes, target image bytes)."""
-        fi = int(np.searchsorted(self._starts, index, side="right") - 1)
-        f = self.files[fi]
-        local = index - int(self._starts[fi])
-        gi = int(np.searchsorted(f.row_group_starts, local, side="right") - 1)
-        table = self._row_group(f.path, gi, f.columns)
-        row = local - f.row_group_starts[gi]
-        instr, src, tgt = (table.column(c)[row].as_py() for c in f.columns)
-        return str(instr or ""), image_bytes(src), image_bytes(tgt)
-
-
-class MixtureOrder:
-    """Deterministic stream of (dataset, row) pairs from (seed, position).
-
-    Each draw picks a dataset with probability proportional to its ratio; each dataset is
-    walked through a fresh permutation per epoch. Blocks of draws are generated from
-    seeds derived from (seed, block), so jumping to any position costs only index arithmetic.
+    rng=None takes the centre window. Returns two (3, R, R) uint8 tensors (see `to_unit`) and
+    the micro-conditions [orig_w, orig_h, crop_top, crop_left, aesthetic], crop offsets in the
+    scaled image as upstream. Only the window is resampled (PIL's resize with a source box), so
+    the cost is R x R output pixels whatever the input size.
     """
-
-    BLOCK = 1024
-
-    def __init__(self, sizes: list[int], ratios: list[float], seed: int) -> None:
-        if len(sizes) != len(ratios) or not sizes:
-            raise ValueError("need one ratio per dataset")
-        if any(r < 0 for r in ratios) or sum(ratios) <= 0:
-            raise ValueError(f"dataset ratios must be >= 0 and not all 0, got {ratios}")
-        self.sizes = sizes
-        self.probs = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
-        self.seed = seed
-
-    def _choices(self, block: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, 0, block])
-        return rng.choice(len(self.sizes), size=self.BLOCK, p=self.probs)
-
-    def _row(self, dataset: int, k: int) -> int:
-        n = self.sizes[dataset]
-        epoch, offset = divmod(k, n)
-        return int(np.random.default_rng([self.seed, 1, dataset, epoch]).permutation(n)[offset])
-
-    def iterate(self, start: int = 0) -> Iterator[tuple[int, int, int]]:
-        """Yield (position, dataset, row) from `start` on."""
-        counts = np.zeros(len(self.sizes), dtype=np.int64)
-        first_block = start // self.BLOCK
-        for b in range(first_block):
-            counts += np.bincount(self._choices(b), minlength=len(self.sizes))
-        block, position = first_block, first_block * self.BLOCK
-        while True:
-            for d in self._choices(block):
-                if position >= start:
-                    yield position, int(d), self._row(int(d), int(counts[d]))
-                counts[d] += 1
-                position += 1
-            block += 1
-
-
-def crop_pair(source: Image.Image, target: Image.Image, resolution: int, rng: np.random.Generator | None
-              ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Resize the short side to `resolution`, then crop BOTH images with the same window.
-
-    rng=None takes the centre window. Returns two (3, R, R) tensors in [0, 1] and the
-    micro-conditions [orig_w, orig_h, crop_top, crop_left, aesthetic].
-    """
+    source, target = _as_pil(source).convert("RGB"), _as_pil(target).convert("RGB")
     orig_w, orig_h = source.size
     if target.size != source.size:
         target = target.resize(source.size, Image.BICUBIC)
     scale = resolution / min(orig_w, orig_h)
     new_w, new_h = max(resolution, round(orig_w * scale)), max(resolution, round(orig_h * scale))
-    source = source.resize((new_w, new_h), Image.BICUBIC)
-    target = target.resize((new_w, new_h), Image.BICUBIC)
     if rng is None:
         top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
     else:
         top = int(rng.integers(0, new_h - resolution + 1))
         left = int(rng.integers(0, new_w - resolution + 1))
-    box = (left, top, left + resolution, top + resolution)
+    sx, sy = orig_w / new_w, orig_h / new_h
+    box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
 
-    def to_tensor(img: Image.Image) -> torch.Tensor:
-        arr = np.asarray(img.crop(box), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    def window(img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img.resize((resolution, resolution), Image.BICUBIC, box=box))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
-    return to_tensor(source), to_tensor(target), [float(orig_w), float(orig_h), float(top), float(left), AESTHETIC_SCORE]
+    return window(source), window(target), [float(orig_w), float(orig_h), float(top), float(left), AESTHETIC_SCORE]
+
+
+def to_unit(pixels: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1] (no normalisation, as the VQ tokenizer expects), on `device`.
+    Batches travel between processes as uint8 (a quarter of the bytes) and become floats here."""
+    if device is not None:
+        pixels = pixels.to(device, non_blocking=True)
+    return pixels.float().div_(255.0)
 
 
 @dataclass
 class PairBatch:
-    source: torch.Tensor  # (B, 3, R, R) in [0, 1]
+    """One micro-batch. Pixels are uint8 (B, 3, R, R); `to_unit` makes them model inputs."""
+
+    source: torch.Tensor
     target: torch.Tensor
     instructions: list[str]
+    tasks: list[str | None]
     micro_conds: torch.Tensor  # (B, 5)
-    positions: list[int]
+    positions: list[int]  # global sample positions: batch index * batch size + i
+    index: int = 0  # global batch index in the run's stream
+    epoch: int = 0  # epoch of the batch's first sample
+    # (dataset, row group, row) of each sample and the worker that decoded it: for tests and debugging.
+    rows: list[tuple[int, int, int]] | None = None
+    worker: int = -1
 
-
-class PairStream:
-    """Batches of aligned (source, target, instruction) from one or more datasets."""
-
-    def __init__(self, paths: list[str | Path], ratios: list[float] | None, resolution: int, seed: int,
-                 random_crop: bool = True) -> None:
-        self.datasets = [ShardDataset(p) for p in paths]
-        self.order = MixtureOrder([len(d) for d in self.datasets], ratios or [1.0] * len(self.datasets), seed)
-        self.resolution = resolution
-        self.seed = seed
-        self.random_crop = random_crop
-
-    def load(self, position: int, dataset: int, row: int) -> tuple[torch.Tensor, torch.Tensor, str, list[float]]:
-        instruction, src, tgt = self.datasets[dataset][row]
-        rng = np.random.default_rng([self.seed, 2, position]) if self.random_crop else None
-        s, t, micro = crop_pair(decode_image(src), decode_image(tgt), self.resolution, rng)
-        return s, t, instruction, micro
-
-    def batches(self, batch_size: int, start: int = 0) -> Iterator[PairBatch]:
-        items = []
-        for position, dataset, row in self.order.iterate(start):
-            items.append((position, *self.load(position, dataset, row)))
-            if len(items) == batch_size:
-                yield PairBatch(
-                    source=torch.stack([i[1] for i in items]),
-                    target=torch.stack([i[2] for i in items]),
-                    instructions=[i[3] for i in items],
-                    micro_conds=torch.tensor([i[4] for i in items]),
-                    positions=[i[0] for i in items],
-                )
-                items = []
+    def __len__(self) -> int:
+        return len(self.instructions)

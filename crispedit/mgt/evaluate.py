@@ -1,128 +1,159 @@
-"""The paper's editing metrics on a benchmark Parquet file: L1, CLIP-I, DINO, CLIP-T.
+"""`crispedit eval`: edit every row of a benchmark, score it, write per-sample metrics and a summary.
 
-For each row (source, instruction, target[, target_caption]) the checkpoint edits the
-source, then, at the benchmark's resolution:
-    L1      mean |edited - target| over pixels in [0, 1]        (lower is better)
-    CLIP-I  cosine(CLIP image emb(edited), CLIP image emb(target))
-    DINO    cosine(DINOv2 CLS(edited), DINOv2 CLS(target))
-    CLIP-T  cosine(CLIP image emb(edited), CLIP text emb(target caption, else instruction))
-as in MagicBrush/Emu Edit evaluations. The CLIP and DINOv2 ids default to the ones below and
-are set with `crispedit eval --clip-model ... --dino-model ...`; a tiny config uses tiny twins.
+The checkpoint edits each row's source (with the row's task when the model has task vectors
+and knows it). Source and target are cut with the same centre window the editor uses, so the
+metrics (metrics.py) compare aligned pixels. Output, in `out_dir`:
+
+    samples.parquet   one row per sample: id, task, instruction, every metric (null where the
+                      benchmark lacks its inputs), optional MLLM scores, optional edited PNG
+    summary.json      means over all samples and per task, with the counts behind them
+
+With an LLM endpoint, each edit is also judged GEdit-style (mllm_score.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .data import (
-    INSTRUCTION_COLUMNS,
-    SOURCE_COLUMNS,
-    TARGET_COLUMNS,
-    decode_image,
-    image_bytes,
-)
+from .bench_formats import benchmark_files, detect_layout, iter_rows
+from .data import crop_pair, decode_rgb
+from .metrics import EVAL_CLIP_ID, EVAL_DINO_ID, MetricModels, edit_metrics
 from .pipeline import EditPipeline
 
-EVAL_CLIP_ID = "openai/clip-vit-large-patch14"
-EVAL_DINO_ID = "facebook/dinov2-base"
-_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+log = logging.getLogger(__name__)
+
+METRICS = ("l1", "clip_i", "dino", "l1_source", "clip_i_source", "dino_source", "clip_t", "clip_dir")
+MLLM_METRICS = ("mllm_semantics", "mllm_quality", "mllm_overall")
 
 
-class MetricModels:
-    def __init__(self, tiny: bool, seed: int = 0, device: str | torch.device = "cpu",
-                 clip_id: str = EVAL_CLIP_ID, dino_id: str = EVAL_DINO_ID) -> None:
-        self.device = torch.device(device)
-        if tiny:
-            from .tiny import tiny_clip_model, tiny_clip_tokenizer, tiny_dino_model
-
-            self.clip, self.clip_tok = tiny_clip_model(seed + 10), tiny_clip_tokenizer(77)
-            self.dino = tiny_dino_model(seed + 11)
-        else:
-            from transformers import AutoModel, CLIPModel, CLIPTokenizer
-
-            self.clip, self.clip_tok = CLIPModel.from_pretrained(clip_id), CLIPTokenizer.from_pretrained(clip_id)
-            self.dino = AutoModel.from_pretrained(dino_id)
-        self.clip.to(self.device).eval()
-        self.dino.to(self.device).eval()
-
-    @staticmethod
-    def _pixels(img: Image.Image, size: int, mean, std) -> torch.Tensor:
-        arr = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)
-        return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None]
-
-    @torch.no_grad()
-    def clip_image(self, img: Image.Image) -> torch.Tensor:
-        size = self.clip.config.vision_config.image_size
-        x = self._pixels(img, size, _CLIP_MEAN, _CLIP_STD).to(self.device)
-        out = self.clip.get_image_features(pixel_values=x)
-        out = out.pooler_output if hasattr(out, "pooler_output") else out
-        return F.normalize(out.float(), dim=-1)
-
-    @torch.no_grad()
-    def clip_text(self, text: str) -> torch.Tensor:
-        ids = self.clip_tok([text], padding="max_length", truncation=True, max_length=77, return_tensors="pt")
-        out = self.clip.get_text_features(input_ids=ids.input_ids.to(self.device))
-        out = out.pooler_output if hasattr(out, "pooler_output") else out
-        return F.normalize(out.float(), dim=-1)
-
-    @torch.no_grad()
-    def dino_image(self, img: Image.Image) -> torch.Tensor:
-        size = self.dino.config.image_size if self.dino.config.image_size <= 64 else 224
-        x = self._pixels(img, size, _IMAGENET_MEAN, _IMAGENET_STD).to(self.device)
-        return F.normalize(self.dino(pixel_values=x).last_hidden_state[:, 0].float(), dim=-1)
+@dataclass
+class EvalReport:
+    checkpoint: str
+    benchmark: str
+    layout: str
+    n: int
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)  # "all" and each task -> metric -> mean
+    samples_path: Path | None = None
+    summary_path: Path | None = None
 
 
-def pair_metrics(edited: Image.Image, target: Image.Image, caption: str, models: MetricModels) -> dict[str, float]:
-    target = target.convert("RGB").resize(edited.size, Image.BICUBIC)
-    a = np.asarray(edited, dtype=np.float32) / 255.0
-    b = np.asarray(target, dtype=np.float32) / 255.0
-    e_clip = models.clip_image(edited)
-    return {
-        "l1": float(np.abs(a - b).mean()),
-        "clip_i": float((e_clip * models.clip_image(target)).sum()),
-        "dino": float((models.dino_image(edited) * models.dino_image(target)).sum()),
-        "clip_t": float((e_clip * models.clip_text(caption)).sum()),
-    }
+def _png(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _column(names: list[str], candidates: tuple[str, ...]) -> str:
-    for c in candidates:
-        if c in names:
-            return c
-    raise ValueError(f"benchmark has none of the columns {candidates}")
+def summarize(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Mean of each metric over the rows where it is defined, for all rows and per task."""
+    groups: dict[str, list[dict[str, Any]]] = {"all": rows}
+    for row in rows:
+        if row.get("task"):
+            groups.setdefault(f"task:{row['task']}", []).append(row)
+    out: dict[str, dict[str, Any]] = {}
+    for name, members in groups.items():
+        stats: dict[str, Any] = {"n": len(members)}
+        for m in metrics:
+            values = [r[m] for r in members if r.get(m) is not None and not math.isnan(r[m])]
+            if values:
+                stats[m] = sum(values) / len(values)
+        out[name] = stats
+    return out
 
 
-def evaluate(checkpoint: str | Path, benchmark: str | Path, steps: int | None = None, seed: int = 0,
-             limit: int | None = None, device: str = "cpu", clip_id: str = EVAL_CLIP_ID,
-             dino_id: str = EVAL_DINO_ID) -> dict[str, object]:
-    pipe = EditPipeline.from_checkpoint(checkpoint, device=device)
+def evaluate(checkpoint: str | Path, benchmark: str | Path, out_dir: str | Path, *, fmt: str = "auto",
+             columns: dict[str, str] | None = None, split: str | None = None, steps: int | None = None, seed: int = 0,
+             limit: int | None = None, device: str = "cpu", clip_id: str = EVAL_CLIP_ID, dino_id: str = EVAL_DINO_ID,
+             overrides: list[str] | None = None, save_images: bool = False, llm_settings: Any = None,
+             mllm_batch: int = 8) -> EvalReport:
+    files = benchmark_files(benchmark, split)
+    layout = detect_layout(pq.ParquetFile(files[0]).schema_arrow.names, fmt, columns)
+    log.info("benchmark %s: %s layout, %d file(s), columns %s", benchmark, layout.name, len(files), layout.columns)
+    pipe = EditPipeline.from_checkpoint(checkpoint, device=device, overrides=overrides)
     models = MetricModels(tiny=pipe.cfg.is_tiny, seed=pipe.cfg.model.tiny_seed, device=device,
                           clip_id=clip_id, dino_id=dino_id)
-    table = pq.read_table(benchmark)
-    names = table.column_names
-    c_instr, c_src, c_tgt = (_column(names, c) for c in (INSTRUCTION_COLUMNS, SOURCE_COLUMNS, TARGET_COLUMNS))
-    c_cap = "target_caption" if "target_caption" in names else None
-    rows = table.to_pylist()[:limit] if limit else table.to_pylist()
-    per_row = []
-    for i, row in enumerate(rows):
-        source = decode_image(image_bytes(row[c_src]))
-        target = decode_image(image_bytes(row[c_tgt]))
-        edited = pipe(source, row[c_instr], steps=steps, seed=seed + i)
-        caption = (row.get(c_cap) if c_cap else None) or row[c_instr]
-        per_row.append({"id": row.get("id", str(i)), **pair_metrics(edited, target, caption, models)})
-    keys = ("l1", "clip_i", "dino", "clip_t")
-    summary = {k: float(np.mean([r[k] for r in per_row])) if per_row else float("nan") for k in keys}
-    return {"checkpoint": str(checkpoint), "benchmark": str(benchmark), "n": len(per_row), "metrics": summary, "rows": per_row}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scorer = None
+    if llm_settings is not None:
+        from .mllm_score import MLLMScorer
+
+        scorer = MLLMScorer(llm_settings, out_dir / ".llm-cache")
+    resolution = pipe.cfg.model.resolution
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], Image.Image, Image.Image, str]] = []
+
+    def flush() -> None:
+        if scorer is not None and pending:
+            for (row, *_), scores in zip(pending, scorer.score([(s, e, i) for _, s, e, i in pending])):
+                row.update(scores)
+        pending.clear()
+
+    for i, item in enumerate(iter_rows(files, layout, limit)):
+        source_px = decode_rgb(item["source"])
+        target_px = decode_rgb(item["target"]) if item.get("target") is not None else None
+        src_t, tgt_t, _ = crop_pair(source_px, target_px if target_px is not None else source_px, resolution, None)
+        source = Image.fromarray(src_t.permute(1, 2, 0).numpy())
+        target = Image.fromarray(tgt_t.permute(1, 2, 0).numpy()) if target_px is not None else None
+        task = item.get("task") or None
+        known = task if task in pipe.tasks else None
+        instruction = str(item["instruction"] or "")
+        edited = pipe(Image.fromarray(source_px), instruction, steps=steps, seed=seed + i, task=known)
+        row: dict[str, Any] = {"id": item["id"], "task": task, "instruction": instruction, "task_used": known}
+        row.update(edit_metrics(models, edited, source, target, item.get("input_caption"), item.get("output_caption")))
+        if save_images:
+            row["edited_image"] = _png(edited)
+        rows.append(row)
+        if scorer is not None:
+            pending.append((row, source, edited, instruction))
+            if len(pending) >= mllm_batch:
+                flush()
+    flush()
+    metrics = METRICS + (MLLM_METRICS if scorer is not None else ())
+    report = EvalReport(str(checkpoint), str(benchmark), layout.name, len(rows), summarize(rows, metrics))
+    report.samples_path = out_dir / "samples.parquet"
+    pq.write_table(_samples_table(rows, metrics, save_images, scorer is not None), report.samples_path)
+    report.summary_path = out_dir / "summary.json"
+    report.summary_path.write_text(json.dumps({"checkpoint": report.checkpoint, "benchmark": report.benchmark,
+                                               "layout": report.layout, "n": report.n, "summary": report.summary},
+                                              indent=2))
+    return report
 
 
-def write_report(report: dict[str, object], out: str | Path) -> None:
-    Path(out).write_text(json.dumps(report, indent=2))
+def _samples_table(rows: list[dict[str, Any]], metrics: tuple[str, ...], images: bool, mllm: bool) -> pa.Table:
+    """Explicit types, so an all-null metric column (no targets, say) is still float64."""
+    fields = [pa.field("id", pa.string()), pa.field("task", pa.string()), pa.field("instruction", pa.string()),
+              pa.field("task_used", pa.string())]
+    fields += [pa.field(m, pa.float64()) for m in metrics]
+    if mllm:
+        fields.append(pa.field("mllm_error", pa.string()))
+    if images:
+        fields.append(pa.field("edited_image", pa.binary()))
+    schema = pa.schema(fields)
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+
+def print_summary(report: EvalReport) -> None:
+    """The summary as a rich table: one row per group (all, then each task), one column per metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    present = [m for m in METRICS + MLLM_METRICS if any(m in g for g in report.summary.values())]
+    table = Table(title=f"{report.layout} benchmark: {report.n} samples")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    for m in present:
+        table.add_column(m, justify="right")
+    for name, stats in report.summary.items():
+        table.add_row(name, str(stats["n"]), *[f"{stats[m]:.4f}" if m in stats else "-" for m in present])
+    Console().print(table)

@@ -34,6 +34,22 @@ def _batched(x: torch.Tensor, b: int) -> torch.Tensor:
     return x.expand(b, *x.shape[1:]) if x.shape[0] == 1 and b != 1 else x
 
 
+def step_timestep(mode: str, masked: torch.Tensor, step: int, steps: int) -> torch.Tensor:
+    """What the model is given as its timestep at `step` (it multiplies by 1000 itself).
+
+    ratio        the fraction of tokens still masked (what `train.timestep_mode: ratio` trains with);
+    ratio_x1000  that fraction times 1000 (upstream EditMGT training, `train.timestep_mode: ratio_x1000`);
+    step_index   N-1-k, upstream EditMGT inference: how the released weights are sampled.
+    """
+    if mode == "ratio":
+        return masked.float().mean(dim=1)
+    if mode == "ratio_x1000":
+        return masked.float().mean(dim=1) * 1000
+    if mode == "step_index":
+        return torch.full((masked.shape[0],), float(steps - 1 - step), device=masked.device)
+    raise ValueError(f"timestep_mode must be 'ratio', 'ratio_x1000' or 'step_index', got {mode!r}")
+
+
 @torch.no_grad()
 def maskgit_sample(
     model: torch.nn.Module,
@@ -52,15 +68,21 @@ def maskgit_sample(
     hold: torch.Tensor | None = None,
     temperature: tuple[float, float] = (2.0, 0.0),
     timestep_mode: str = "ratio",
+    masking_schedule: str = "cosine",
+    task_ids: torch.Tensor | None = None,
     trace: SampleTrace | None = None,
 ) -> torch.Tensor:
     """Token ids (B, H, W) of the edited image.
 
     reference_ids: (B, H, W) source tokens. tau=None disables region-hold (no capture);
     a float enables capture in `capture_blocks` and holds {S' < tau}. `hold` (B, H, W) bool
-    is an explicit hold set (e.g. from a dataset mask), applied in addition.
+    is an explicit hold set (e.g. from a dataset mask), applied in addition. `task_ids` (B,)
+    selects task vectors (the same task in both guidance branches). `timestep_mode`: see
+    `step_timestep` and docs/trainer.md.
     """
     cfg = model.config
+    if masking_schedule not in ("cosine", "linear"):
+        raise ValueError(f"masking_schedule must be 'cosine' or 'linear', got {masking_schedule!r}")
     mask_id = cfg.vocab_size - 1
     device = reference_ids.device
     b, h, w = reference_ids.shape
@@ -87,20 +109,17 @@ def maskgit_sample(
     ids = torch.full((b, n_tok), mask_id, dtype=torch.long, device=device)
     for k in range(steps):
         masked = ids == mask_id
-        if timestep_mode == "ratio":
-            timestep = masked.float().mean(dim=1)
-        elif timestep_mode == "step_index":
-            timestep = torch.full((b,), float(steps - 1 - k), device=device)
-        else:
-            raise ValueError(f"timestep_mode must be 'ratio' or 'step_index', got {timestep_mode!r}")
+        timestep = step_timestep(timestep_mode, masked, k, steps)
         capture = None
         if tau is not None:
             capture = AttentionCapture(blocks, keyword_rows, slice(b, 2 * b) if use_cfg else slice(None))
         model_in = ids.reshape(b, h, w)
+        tasks = None if task_ids is None else _batched(task_ids.reshape(-1, 1), b).reshape(b).to(device)
         if use_cfg:
             model_in, timestep = torch.cat([model_in, model_in]), torch.cat([timestep, timestep])
+            tasks = None if tasks is None else torch.cat([tasks, tasks])
         logits = model(model_in, text_h, text_p, micro, timestep, reference_ids=ref,
-                       reference_strength=reference_strength, capture=capture)
+                       reference_strength=reference_strength, capture=capture, task_ids=tasks)
         if use_cfg:
             l_u, l_c = logits.float().chunk(2)
             logits = l_u + guidance_scale * (l_c - l_u)
@@ -126,7 +145,8 @@ def maskgit_sample(
         gumbel = -torch.log(-torch.log(u).clamp_min(1e-20))
         confidence = torch.log(chosen_p.clamp_min(1e-20)) + temps[k] * gumbel
         confidence = torch.where(masked, confidence, torch.full_like(confidence, torch.finfo(confidence.dtype).max))
-        ratio = math.cos(math.pi / 2 * (k + 1) / steps)
+        progress = (k + 1) / steps
+        ratio = math.cos(math.pi / 2 * progress) if masking_schedule == "cosine" else 1.0 - progress
         mask_len = torch.full((b,), math.floor(n_tok * ratio), device=device)
         mask_len = torch.maximum(torch.ones_like(mask_len), torch.minimum(masked.sum(dim=1) - 1, mask_len))
         rank = confidence.argsort(dim=1).argsort(dim=1)

@@ -12,6 +12,8 @@ no parameter for it, so a Meissonic text-to-image checkpoint is a valid initiali
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -32,6 +34,9 @@ from diffusers.models.resnet import Downsample2D, Upsample2D
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 
 from .attention import AttentionCapture, EditMGTAttnProcessor, Rotary
+
+if TYPE_CHECKING:
+    from .config import TransformerConfig
 
 _EPS = 1e-6
 
@@ -235,6 +240,64 @@ class LinearProjector(nn.Module):
         return self.projector(x)
 
 
+class TaskEmbedding(nn.Module):
+    """Emu Edit's task vectors: one learned vector per task category, added to the timestep +
+    pooled-text embedding (temb) that drives every adaptive norm, in the target and reference streams.
+
+    Rows start at zero, so a model starting from released weights behaves exactly as before
+    until training moves them. Task id -1 means "no task" and adds nothing.
+
+    Task inversion (`begin_inversion`) freezes every row and makes the LAST row its own
+    trainable parameter, so an optimizer given only that parameter cannot touch anything else.
+    The state dict always holds one `weight` with every row, so an inverted checkpoint loads
+    like any other.
+    """
+
+    def __init__(self, num_tasks: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_tasks, dim))
+        self.inverted: nn.Parameter | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.weight.shape[0] + (0 if self.inverted is None else 1)
+
+    def begin_inversion(self) -> nn.Parameter:
+        rows = self.weight.detach()
+        self.weight = nn.Parameter(rows[:-1].clone(), requires_grad=False)
+        self.inverted = nn.Parameter(rows[-1:].clone())
+        return self.inverted
+
+    def table(self) -> torch.Tensor:
+        return self.weight if self.inverted is None else torch.cat([self.weight, self.inverted])
+
+    def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
+        vectors = self.table()[task_ids.clamp(min=0)]
+        return vectors * (task_ids >= 0).unsqueeze(-1).to(vectors.dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - torch's hook signature
+        table = self.table()
+        destination[prefix + "weight"] = table if keep_vars else table.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,  # noqa: ANN001
+                              error_msgs):
+        key = prefix + "weight"
+        unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k != key and "." not in k[len(prefix):])
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        value = state_dict[key]
+        if tuple(value.shape) != (self.num_tasks, self.weight.shape[1]):
+            error_msgs.append(f"size mismatch for {key}: checkpoint {tuple(value.shape)}, "
+                              f"model {(self.num_tasks, self.weight.shape[1])}")
+            return
+        with torch.no_grad():
+            n = self.weight.shape[0]
+            self.weight.copy_(value[:n])
+            if self.inverted is not None:
+                self.inverted.copy_(value[n:])
+
+
 def image_position_ids(height: int, width: int, device: torch.device) -> torch.Tensor:
     """(H*W, 3) ids (0, row, col): shared by target and reference so they align under RoPE."""
     rows = torch.arange(height, device=device).repeat_interleave(width)
@@ -265,6 +328,7 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
         connector_type: str = "linear",
         micro_cond_encode_dim: int = 256,
         num_micro_conds: int = 5,
+        num_tasks: int = 0,
     ) -> None:
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -299,6 +363,8 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
         self.project_from_hidden = nn.Linear(dim, dim, bias=False)
         self.down_block = Simple_UVitBlock(dim, downsample, False)
         self.up_block = Simple_UVitBlock(dim, False, upsample)
+        # Emu Edit task vectors (optional, not in the released layout).
+        self.task_embed = TaskEmbedding(num_tasks, dim) if num_tasks > 0 else None
         self.gradient_checkpointing = False
 
     @property
@@ -321,11 +387,14 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
         reference_ids: torch.Tensor | None = None,
         reference_strength: float = 1.0,
         capture: AttentionCapture | None = None,
+        task_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, codebook_size, H, W) for the target token map `input_ids` (B, H, W).
 
-        `timestep` is in [0, 1] (the mask ratio) and scaled by 1000 as upstream; the reference
-        stream always uses timestep 0. `reference_strength` is gamma (1 = no bias).
+        `timestep` is multiplied by 1000 here, as upstream (see docs/trainer.md for what the
+        callers feed: the mask ratio, or upstream's conventions); the reference stream always
+        uses timestep 0. `reference_strength` is gamma (1 = no bias). `task_ids` (B,) selects
+        task vectors (-1 = none) when the model has them.
         """
         cfg = self.config
         if self.connector is not None:
@@ -344,6 +413,10 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
         if reference_ids is not None:
             reference, _, _ = self._image_tokens(reference_ids)
             reference_temb = self.time_text_embed(torch.zeros_like(timestep), pooled)
+        if self.task_embed is not None and task_ids is not None:
+            task = self.task_embed(task_ids.to(temb.device)).to(temb.dtype)
+            temb = temb + task
+            reference_temb = None if reference_temb is None else reference_temb + task
 
         n_text = text.shape[1]
         img_ids = image_position_ids(h, w, target.device)
@@ -372,10 +445,10 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
         return self.mlm_layer(self.up_block(x))
 
 
-def build_transformer(cfg: TransformerConfig) -> EditMGTTransformer:  # noqa: F821
-    """Random-init transformer from a TransformerConfig dataclass."""
+def build_transformer(cfg: TransformerConfig, num_tasks: int = 0) -> EditMGTTransformer:
+    """Random-init transformer from a TransformerConfig dataclass (plus `num_tasks` task vectors)."""
     from dataclasses import asdict
 
     kwargs = asdict(cfg)
     kwargs["axes_dims_rope"] = tuple(kwargs["axes_dims_rope"])
-    return EditMGTTransformer(**kwargs)
+    return EditMGTTransformer(**kwargs, num_tasks=num_tasks)

@@ -38,8 +38,10 @@ def draw_photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 
 
 def write_crispedit_shard(out_dir: Path, n: int, size: tuple[int, int] = (24, 16), seed: int = 0,
-                          upstream_names: bool = False) -> Path:
-    """Write OUT/data/train-00000.parquet in the crispedit sample schema (or upstream names)."""
+                          upstream_names: bool = False, row_group_size: int | None = None,
+                          tasks: tuple[str, ...] = ("global",), name: str = "train-00000.parquet") -> Path:
+    """Write OUT/data/<name> in the crispedit sample schema (or upstream names); row i has task
+    tasks[i % len(tasks)] and instruction i % 3 of the three edits below."""
     rng = np.random.default_rng(seed)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     rows = {k: [] for k in ["id", "source_image", "target_image", "instruction", "task", "branch", "width", "height", "provenance"]}
@@ -53,7 +55,7 @@ def write_crispedit_shard(out_dir: Path, n: int, size: tuple[int, int] = (24, 16
         rows["source_image"].append({"bytes": _png(src), "path": None})
         rows["target_image"].append({"bytes": _png(tgt), "path": None})
         rows["instruction"].append(instruction)
-        rows["task"].append("global")
+        rows["task"].append(tasks[i % len(tasks)])
         rows["branch"].append("classical")
         rows["width"].append(w)
         rows["height"].append(h)
@@ -82,8 +84,8 @@ def write_crispedit_shard(out_dir: Path, n: int, size: tuple[int, int] = (24, 16
         })
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    path = data / "train-00000.parquet"
-    pq.write_table(table, path, row_group_size=max(1, n // 2))
+    path = data / name
+    pq.write_table(table, path, row_group_size=row_group_size or max(1, n // 2))
     return out_dir
 
 
@@ -116,3 +118,21 @@ def tiny_components():
     cfg = MGTConfig.load(REPO / "configs" / "mgt" / "tiny.yaml")
     torch.manual_seed(0)
     return cfg, build_vq(cfg.model), build_text(cfg.model), build_transformer(cfg.model.transformer).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(pairs_dir, tmp_path_factory) -> Path:
+    """A tiny-config training output dir after one step (read-only for the tests that use it)."""
+    from crispedit.mgt.config import MGTConfig
+    from crispedit.mgt.train import Trainer
+
+    out = tmp_path_factory.mktemp("tiny-ckpt")
+    Trainer(MGTConfig.load(REPO / "configs" / "mgt" / "tiny.yaml"), [pairs_dir], out).train(max_steps=1)
+    return out
+
+
+def image_struct(arr: np.ndarray) -> dict:
+    return {"bytes": _png(arr), "path": None}
+
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from crispedit.mgt.attention import AttentionCapture, reference_bias
@@ -66,13 +68,14 @@ def test_reference_stream_changes_prediction_and_shares_weights(tiny_config):
     model = build_transformer(tiny_config.model.transformer).eval()
     ids, hidden, pooled, micro, t, ref = _inputs(tiny_config)
     n_params = sum(p.numel() for p in model.parameters())
+    expected = sum(math.prod(shape) for shape in _released_shapes(tiny_config.model.transformer).values())
     with torch.no_grad():
         a = model(ids, hidden, pooled, micro, t, reference_ids=ref)
         b = model(ids, hidden, pooled, micro, t, reference_ids=ref.flip(-1))
         c = model(ids, hidden, pooled, micro, t, reference_ids=None)
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
-    # no parameter exists for the reference stream: the count is the text-to-image model's
-    assert n_params == sum(p.numel() for p in build_transformer(tiny_config.model.transformer).parameters())
+    # no parameter exists for the reference stream: the count is the released text-to-image layout's
+    assert n_params == expected
 
 
 def test_capture_is_batch_aware(tiny_config):
@@ -90,52 +93,52 @@ def test_capture_is_batch_aware(tiny_config):
     torch.testing.assert_close(second.consolidated()[0], both.consolidated()[1])
 
 
-# Parameter names of the released Meissonic/EditMGT Transformer2DModel (viiika/Meissonic
-# src/transformer.py; weichow23/EditMGT src/transformer.py with connector_type='linear'),
-# written out here independently of crispedit's module tree.
-def _released_keys(n_double: int, n_single: int) -> set[str]:
-    keys = {
-        "time_text_embed.timestep_embedder.linear_1.weight", "time_text_embed.timestep_embedder.linear_1.bias",
-        "time_text_embed.timestep_embedder.linear_2.weight", "time_text_embed.timestep_embedder.linear_2.bias",
-        "time_text_embed.text_embedder.linear_1.weight", "time_text_embed.text_embedder.linear_1.bias",
-        "time_text_embed.text_embedder.linear_2.weight", "time_text_embed.text_embedder.linear_2.bias",
-        "context_embedder.weight", "context_embedder.bias",
-        "connector.projector.weight", "connector.projector.bias",
-        "embed.embeddings.weight", "embed.layer_norm.weight", "embed.conv.weight",
-        "mlm_layer.conv1.weight", "mlm_layer.layer_norm.weight", "mlm_layer.conv2.weight",
-        "cond_embed.linear_1.weight", "cond_embed.linear_2.weight",
-        "encoder_proj_layer_norm.weight", "project_to_hidden_norm.weight", "project_to_hidden.weight",
-        "project_from_hidden_norm.weight", "project_from_hidden.weight",
-        "down_block.downsample.norm.weight", "down_block.downsample.conv.weight",
-        "up_block.upsample.norm.weight", "up_block.upsample.conv.weight",
+# Parameter names and shapes of the released Meissonic/EditMGT Transformer2DModel (viiika/Meissonic
+# src/transformer.py; weichow23/EditMGT src/transformer.py with connector_type='linear'), written
+# out here from the layer definitions, independently of crispedit's module tree.
+def _released_shapes(t) -> dict[str, tuple[int, ...]]:
+    d, j, p, hd = t.num_attention_heads * t.attention_head_dim, t.joint_attention_dim, t.pooled_projection_dim, t.attention_head_dim
+    m = 5 * t.micro_cond_encode_dim
+
+    def linear(name, out_f, in_f, bias=True):
+        return {f"{name}.weight": (out_f, in_f), **({f"{name}.bias": (out_f,)} if bias else {})}
+
+    shapes = {
+        **linear("time_text_embed.timestep_embedder.linear_1", d, 256), **linear("time_text_embed.timestep_embedder.linear_2", d, d),
+        **linear("time_text_embed.text_embedder.linear_1", d, d), **linear("time_text_embed.text_embedder.linear_2", d, d),
+        **linear("context_embedder", d, d), **linear("connector.projector", d, j),
+        "embed.embeddings.weight": (t.vocab_size, d), "embed.layer_norm.weight": (d,), "embed.conv.weight": (d, d, 1, 1),
+        "mlm_layer.conv1.weight": (d, d, 1, 1), "mlm_layer.layer_norm.weight": (d,),
+        "mlm_layer.conv2.weight": (t.codebook_size, d, 1, 1),
+        **linear("cond_embed.linear_1", d, m + p, bias=False), **linear("cond_embed.linear_2", d, d, bias=False),
+        "encoder_proj_layer_norm.weight": (d,), "project_to_hidden_norm.weight": (d,),
+        **linear("project_to_hidden", d, d, bias=False), "project_from_hidden_norm.weight": (d,),
+        **linear("project_from_hidden", d, d, bias=False),
+        "down_block.downsample.norm.weight": (d,), "down_block.downsample.conv.weight": (d, d, 2, 2),
+        "up_block.upsample.norm.weight": (d,), "up_block.upsample.conv.weight": (d, d, 2, 2),
     }
-    for i in range(n_double):
-        p = f"transformer_blocks.{i}."
-        keys |= {p + k for k in (
-            "norm1.linear.weight", "norm1.linear.bias", "norm1_context.linear.weight", "norm1_context.linear.bias",
-            "attn.norm_q.weight", "attn.norm_k.weight", "attn.norm_added_q.weight", "attn.norm_added_k.weight",
-            "attn.to_q.weight", "attn.to_q.bias", "attn.to_k.weight", "attn.to_k.bias", "attn.to_v.weight", "attn.to_v.bias",
-            "attn.add_q_proj.weight", "attn.add_q_proj.bias", "attn.add_k_proj.weight", "attn.add_k_proj.bias",
-            "attn.add_v_proj.weight", "attn.add_v_proj.bias", "attn.to_out.0.weight", "attn.to_out.0.bias",
-            "attn.to_add_out.weight", "attn.to_add_out.bias",
-            "ff.net.0.proj.weight", "ff.net.0.proj.bias", "ff.net.2.weight", "ff.net.2.bias",
-            "ff_context.net.0.proj.weight", "ff_context.net.0.proj.bias", "ff_context.net.2.weight", "ff_context.net.2.bias",
-        )}
-    for i in range(n_single):
-        p = f"single_transformer_blocks.{i}."
-        keys |= {p + k for k in (
-            "norm.linear.weight", "norm.linear.bias", "proj_mlp.weight", "proj_mlp.bias", "proj_out.weight", "proj_out.bias",
-            "attn.norm_q.weight", "attn.norm_k.weight", "attn.to_q.weight", "attn.to_q.bias",
-            "attn.to_k.weight", "attn.to_k.bias", "attn.to_v.weight", "attn.to_v.bias",
-        )}
-    return keys
+    for i in range(t.num_layers):
+        b = f"transformer_blocks.{i}."
+        shapes |= linear(b + "norm1.linear", 6 * d, d) | linear(b + "norm1_context.linear", 6 * d, d)
+        shapes |= {b + f"attn.{n}.weight": (hd,) for n in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")}
+        for n in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"):
+            shapes |= linear(b + "attn." + n, d, d)
+        for ff in ("ff", "ff_context"):
+            shapes |= linear(b + ff + ".net.0.proj", 4 * d, d) | linear(b + ff + ".net.2", d, 4 * d)
+    for i in range(t.num_single_layers):
+        b = f"single_transformer_blocks.{i}."
+        shapes |= linear(b + "norm.linear", 3 * d, d) | linear(b + "proj_mlp", 4 * d, d) | linear(b + "proj_out", d, 5 * d)
+        shapes |= {b + "attn.norm_q.weight": (hd,), b + "attn.norm_k.weight": (hd,)}
+        for n in ("to_q", "to_k", "to_v"):
+            shapes |= linear(b + "attn." + n, d, d)
+    return shapes
 
 
 def test_released_layout_loads_strictly(tiny_config):
     t = tiny_config.model.transformer
     model = build_transformer(t)
-    expected = _released_keys(t.num_layers, t.num_single_layers)
-    assert set(model.state_dict()) == expected
+    expected = _released_shapes(t)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
     # A "released" checkpoint: every key, fresh values of the right shapes.
     torch.manual_seed(1)
     released = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
