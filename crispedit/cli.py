@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if register_trainer is not None:
         register_trainer(commands)
     __import__("crispedit.publish_cli").publish_cli.register(commands)  # the publish and preview commands
+    __import__("crispedit.refilter_cli").refilter_cli.register(commands)  # the refilter and dedupe commands
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

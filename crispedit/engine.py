@@ -370,6 +370,10 @@ def build(
     if warnings:
         summary["warnings"] = warnings
     store.output.write_text("summary.json", json.dumps(summary, indent=1))
+    if store.output.is_local and summary["shards"] and meta.score_columns:
+        from crispedit.filter_report import write_histograms  # matplotlib only when there is something to draw
+
+        write_histograms(store.output.root)
     return BuildResult(store.output.url, len(shards), len(todo) - len(failed), skipped, time.perf_counter() - started, summary, failed)
 
 

@@ -192,3 +192,74 @@ SOURCE_CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "hf_dataset": write_hf,
     "webdataset": write_webdataset,
 }
+
+
+# --- video kinds (videos source, video_pairs, video_caption) -----------------------------------
+
+_VIDEO_DIR: list[Path] = []
+
+
+def video_dir() -> Path:
+    """Small clips written once per process (a moving square, a still scene) for the video kinds' cases."""
+    if not _VIDEO_DIR:
+        import atexit
+        import shutil
+        import tempfile
+
+        from crispedit.video import demo
+
+        folder = Path(tempfile.mkdtemp(prefix="crispedit-battery-videos-"))
+        atexit.register(shutil.rmtree, folder, True)
+        demo.write_clip(folder / "moving.mp4", demo.moving_square((64, 48), 3.0, 8.0, 5.0), 8.0)
+        demo.write_clip(folder / "still.mp4", demo.still((64, 48), 2.0, 8.0), 8.0)
+        _VIDEO_DIR.append(folder)
+    return _VIDEO_DIR[0]
+
+
+def video_items() -> list[Sample]:
+    folder = video_dir()
+    return [
+        Sample(id=sample_id("battery", i), index=i, source_ref=name, meta={"video": {"path": str(folder / name), "suffix": ".mp4"}})
+        for i, name in enumerate(["moving.mp4", "still.mp4", "moving.mp4"])
+    ]
+
+
+def video_pairs_made() -> list[Sample]:
+    out = pairs(3)
+    for s in out:
+        s.meta["video_change"] = {"direction": ["left", "right", "up"][s.index], "colour": "red", "t_source": 0.0, "t_target": 1.5}
+    return out
+
+
+def write_videos(root: Path) -> dict[str, Any]:
+    import shutil
+
+    folder = root / "videos"
+    folder.mkdir()
+    shutil.copy(video_dir() / "moving.mp4", folder / "clip_a.mp4")
+    (folder / "notes.txt").write_text("not a video")
+    (folder / "empty.mp4").write_bytes(b"")
+    return {"folder": str(folder)}
+
+
+STAGE_CASES["video_pairs"] = StageCase({}, video_items)
+STAGE_CASES["video_caption"] = StageCase({"backend": "template"}, video_pairs_made)
+SOURCE_CASES["videos"] = write_videos
+
+
+# --- SDXL generators (crispedit/stages/generate_*.py): tiny twins, two candidates where the stage fans out ---
+
+
+def captioned(n: int = 2) -> list[Sample]:
+    """Items whose captions name an object ("square") and a target caption that swaps a word."""
+    out = items(n, edit_objects=lambda i: ["square"])
+    for s in out:
+        s.target_caption = (s.source_caption or "").replace("drawn", "painted")
+    return out
+
+
+STAGE_CASES["sdxl_source"] = StageCase({"base_model": "tiny", "keyword_mask": "optional", "candidates": 2}, captioned)
+STAGE_CASES["p2p"] = StageCase({"base_model": "tiny", "max_batch": 2}, captioned)
+STAGE_CASES["inpaint"] = StageCase({"inpaint_model": "tiny", "max_batch": 2}, with_masks)
+STAGE_CASES["refine"] = StageCase({"base_model": "tiny", "controlnet_model": "tiny", "ip_adapter_model": "tiny", "candidates": 2}, with_masks)
+STAGE_CASES["style"] = StageCase({"base_model": "tiny", "controlnet_model": "tiny", "max_batch": 2}, pairs)

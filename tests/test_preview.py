@@ -187,7 +187,7 @@ VISIBLE = "[...document.querySelectorAll('article.pair')].filter(n => !n.classLi
 
 
 @pytest.mark.slow
-def test_preview_in_headless_chromium(build: Path, browser: DevTools) -> None:
+def test_preview_in_headless_chromium(build: Path, browser: DevTools, tmp_path: Path) -> None:
     result = write_preview(build, pairs=12, seed=0)
     data = _data(result.folder)
 
@@ -212,9 +212,11 @@ def test_preview_in_headless_chromium(build: Path, browser: DevTools) -> None:
     # the screenshot for docs/publish.md: the unfiltered pairs page
     browser.evaluate("""(() => { const s = document.getElementById('filter-task'); s.value = '';
                      s.dispatchEvent(new Event('change', {bubbles: true})); document.querySelector('pre.provenance').remove(); })()""")
-    shot = browser.send("Page.captureScreenshot", format="png")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+    shot = base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"])
+    assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
+    (tmp_path / "preview.png").write_bytes(shot)
+    if os.environ.get("CRISPEDIT_UPDATE_SCREENSHOTS"):  # refresh the picture in docs/publish.md on purpose only
+        SCREENSHOT.write_bytes(shot)
 
     for page in ("rejects.html", "summary.html"):
         _open(browser, result.folder / page)

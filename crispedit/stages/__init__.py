@@ -2,12 +2,17 @@
 
 from crispedit.stages import (  # noqa: F401
     classical,
+    clip_filter,
     copy,
+    dedupe,
     ground,
     instruct,
+    judge,
+    locality,
     mask_filter,
     pixel_change,
     pixel_threshold,
+    safety,
     select,
     source,
     source_hf,
