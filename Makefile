@@ -35,3 +35,8 @@ docs:
 
 bench:
 	$(PYTHON) benchmarks/overhead.py
+
+# Small synthetic clips (and broken files) where recipes/video.yaml looks for videos.
+.PHONY: video-demo
+video-demo:
+	$(PYTHON) -m crispedit.video.demo out/video_demo/videos

@@ -5,6 +5,7 @@ from crispedit.stages import (  # noqa: F401
     clip_filter,
     copy,
     dedupe,
+    dit4edit,
     ground,
     instruct,
     judge,
@@ -18,7 +19,10 @@ from crispedit.stages import (  # noqa: F401
     source_hf,
     source_parquet,
     source_text,
+    source_videos,
     source_webdataset,
+    video_caption,
+    video_pairs,
 )
 from crispedit.stages.base import (
     STAGES,
