@@ -490,7 +490,7 @@ def _run_local(
     warnings: list[str], **_: Any,
 ) -> dict[str, str]:
     """Every step fused into one segment, called shard by shard: the Ray code path, minus Ray."""
-    warnings += _gpu_warnings(plan, _local_gpus(), "this machine")
+    warnings += _gpu_warnings(plan, _local_gpus(plan), "this machine")
     segment = Segment(freeze_plan(plan), [SOURCE, *range(len(plan.stages)), WRITE], meta)
     failed: dict[str, str] = {}
     for shard in todo:
@@ -507,16 +507,14 @@ def _run_local(
     return failed
 
 
-def _local_gpus() -> float:
-    """GPUs torch sees, without importing torch just to ask (a CPU-only recipe never loads it)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:
-            return 0.0
+def _local_gpus(plan: BuildPlan) -> float:
+    """GPUs torch sees; asked only when a stage declares one (a CPU-only recipe never imports torch)."""
+    if not any(placement(plan, e).num_gpus for e in plan.stages):
+        return 0.0
+    try:
+        import torch
+    except ImportError:
+        return 0.0
     return float(torch.cuda.device_count())
 
 
