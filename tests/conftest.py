@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Before anything imports torch: on a small shared machine, one thread per process is far
+# faster for tiny models (threads fight over the cores); Ray workers and CLI subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
 
 import pytest
 

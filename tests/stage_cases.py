@@ -263,3 +263,10 @@ STAGE_CASES["p2p"] = StageCase({"base_model": "tiny", "max_batch": 2}, captioned
 STAGE_CASES["inpaint"] = StageCase({"inpaint_model": "tiny", "max_batch": 2}, with_masks)
 STAGE_CASES["refine"] = StageCase({"base_model": "tiny", "controlnet_model": "tiny", "ip_adapter_model": "tiny", "candidates": 2}, with_masks)
 STAGE_CASES["style"] = StageCase({"base_model": "tiny", "controlnet_model": "tiny", "max_batch": 2}, pairs)
+
+
+# --- DiT4Edit (crispedit/stages/dit4edit.py): tiny PixArt/T5/VAE twins, 32-px pairs, the first one with a mask ---
+STAGE_CASES["dit4edit"] = StageCase(
+    {"checkpoints": [{"model": "tiny", "max_pixels": 4096}], "text_model": "tiny", "sizes": ["32x32"], "steps": 4, "merge_ratio": 0.5},
+    lambda: with_masks(2)[:1] + pairs(2)[1:],
+)

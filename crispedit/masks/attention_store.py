@@ -178,12 +178,17 @@ class AttentionStore:
     # -- reading ------------------------------------------------------------------------
     def maps(self) -> list[dict[str, np.ndarray]]:
         """Per conditional row, per keyword: the mean attention map (float32, map grid), unnormalised."""
-        rows: dict[int, dict[str, np.ndarray]] = {}
-        for (row, keyword), total in self._sums.items():
-            rows.setdefault(row, {})[keyword] = (total[0, 0] / self._counts[(row, keyword)]).numpy().astype(np.float32)
+        rows = self.row_maps()
         if not rows:
             raise RuntimeError("no attention was stored: check resolution, places and steps against the UNet")
         return [rows[i] for i in sorted(rows)]
+
+    def row_maps(self) -> dict[int, dict[str, np.ndarray]]:
+        """Like :meth:`maps`, keyed by conditional row, so rows without keywords keep their place (may be empty)."""
+        rows: dict[int, dict[str, np.ndarray]] = {}
+        for (row, keyword), total in self._sums.items():
+            rows.setdefault(row, {})[keyword] = (total[0, 0] / self._counts[(row, keyword)]).numpy().astype(np.float32)
+        return rows
 
     def reset(self) -> None:
         self._sums.clear()

@@ -168,31 +168,46 @@ def tiny_clip_tokenizer(directory: str | Path, max_length: int = 16) -> Any:
     )
 
 
-def tiny_sdxl_unet(seed: int, cross_attention_dim: int = 32) -> Any:
-    """UNet2DConditionModel shaped like SDXL's (text_time added embeddings, 2 cross-attn down/up blocks), tiny.
+def tiny_sdxl_unet(seed: int, cross_attention_dim: int = 32, *, in_channels: int = 4, levels: int = 2) -> Any:
+    """UNet2DConditionModel shaped like SDXL's (text_time added embeddings, cross-attn down/up blocks), tiny.
 
     SDXL feeds the concatenated hidden states of both text encoders as
     ``encoder_hidden_states`` and the pooled text embedding + 6 time ids as added conditions.
+    ``levels=3`` mirrors SDXL's layout (a plain full-resolution level, then two attention
+    levels), so attention runs at two resolutions; ``in_channels=9`` is the inpainting UNet
+    (latents + mask + masked-image latents).
     """
     from diffusers import UNet2DConditionModel
 
-    with seeded(seed):
-        return UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
+    layouts = {
+        2: dict(
             block_out_channels=(32, 64),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4),
             transformer_layers_per_block=(1, 2),
+        ),
+        3: dict(
+            block_out_channels=(32, 32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 2, 4),
+            transformer_layers_per_block=(1, 1, 2),
+        ),
+    }
+    if levels not in layouts:
+        raise ValueError(f"levels must be one of {sorted(layouts)}, got {levels}")
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=16,
+            in_channels=in_channels,
+            out_channels=4,
+            layers_per_block=1,
             cross_attention_dim=cross_attention_dim,
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + pooled text (32)
             norm_num_groups=32,
+            **layouts[levels],
         ).eval()
-
-
