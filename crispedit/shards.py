@@ -203,8 +203,9 @@ class ShardStore:
         """Commit a shard whose samples were written as parts by several workers, then drop the parts."""
         parts = [pq.read_table(pa.BufferReader(self.output.read_bytes(k)), schema=self.part_schema) for k in sorted(set(part_keys))]
         marker = self.commit(shard, parts, stages)
-        for key in part_keys:
-            self.output.remove(key)
+        folder = self.output.full_path(self.output.join(PARTS_DIR, shard.name))
+        if self.output.fs.exists(folder):  # every part of this shard is in it now; strays of a dead task too
+            self.output.fs.rm(folder, recursive=True)
         return marker
 
     # tables --------------------------------------------------------------------------
