@@ -5,6 +5,7 @@ from crispedit.stages import (  # noqa: F401
     clip_filter,
     copy,
     dedupe,
+    dit4edit,
     generate_inpaint,
     generate_p2p,
     generate_refine,
