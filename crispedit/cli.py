@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.tiny:  # tiny models are all overhead: torch threads only fight over the cores
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     plan = _load(args, out=args.out)
     if plan is None:
         return 2

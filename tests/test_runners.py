@@ -80,3 +80,20 @@ def test_model_stage_runs_in_an_actor_pool_with_identical_bytes(ray_local, tmp_p
     build(load_plan(recipe, tiny=True, out=tmp_path / "local"), runner="local", progress=False)
     assert_same_files(tmp_path / "ray", tmp_path / "local")
     assert not list((tmp_path / "ray").rglob("_parts/*"))  # parts are merged into shards, then removed
+
+
+def test_a_filter_skips_filter_rejects_that_lack_what_it_reads() -> None:
+    """A filter placed before the generator rejects samples with no target yet; a later filter
+    scores the rejects that have its inputs and leaves the others alone instead of crashing."""
+    from crispedit.stages.base import BuildContext
+    from crispedit.stages.pixel_change import PixelChangeFilter, PixelChangeParams
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    early = Sample(id="a", index=0, source_ref="a", source_image=image)
+    early.fail("mask_filter", "mask too small: coverage 0", filtered=True)
+    late = Sample(id="b", index=1, source_ref="b", source_image=image, target_image=image + 1)
+    late.fail("clip_filter", "low clip_dir: 0.1", filtered=True)
+    stage = PixelChangeFilter(PixelChangeParams(), BuildContext("t", "t", 0))
+    out = apply_stage(stage, "pixel_change", [early, late], batch_size=8)
+    assert "pixel_l1" not in out[0].scores and out[1].scores["pixel_l1"] == pytest.approx(1 / 255)
+    assert out[1].reject.stage == "clip_filter"  # scored, not re-decided

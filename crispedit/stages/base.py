@@ -162,7 +162,14 @@ class FilterStage(Stage):
         """A reject reason (``"category: detail"``) or None to keep the sample."""
 
     def accepts(self, sample: Sample) -> bool:
-        return sample.alive or (sample.reject is not None and sample.reject.filtered)
+        """Live samples, and filter rejects that still carry what this filter reads (a reject made
+        before the generator ran has no target to score)."""
+        if sample.alive:
+            return True
+        if sample.reject is None or not sample.reject.filtered:
+            return False
+        fields = [f for f in self.inputs() if not f.startswith(("meta.", "score."))]
+        return all(getattr(sample, f, None) is not None for f in fields)
 
     def thresholds(self) -> dict[str, tuple[float | None, float | None]]:
         """(min, max) kept per score column, for the preview, the dataset card and histograms."""
