@@ -38,6 +38,13 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, background: int
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255) -> tuple[np.ndarray, list[str]]:
     """Decode bytes to RGB uint8, checking the size from the header before any pixel is decoded."""
+    image, notes = decode_pil(data, max_pixels, background)
+    return np.asarray(image), notes
+
+
+def decode_pil(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255) -> tuple[Image.Image, list[str]]:
+    """:func:`decode_image`'s checks and conversions, returning the RGB PIL image itself, for callers
+    that go on in PIL (the trainer's crop) and would otherwise pay an array round trip."""
     if not data:
         raise ImageRejected("empty file", "0 bytes")
     notes: list[str] = []
@@ -93,7 +100,7 @@ def _claimed_format(data: bytes) -> str | None:
     return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def _to_rgb(image: Image.Image, notes: list[str], background: int) -> np.ndarray:
+def _to_rgb(image: Image.Image, notes: list[str], background: int) -> Image.Image:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # PIL's own I;16 -> L conversion clips at 255; scale the real range instead.
@@ -101,24 +108,23 @@ def _to_rgb(image: Image.Image, notes: list[str], background: int) -> np.ndarray
         top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
         gray = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
         notes.append(f"converted from {mode}")
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode == "F":
         array = np.asarray(image, dtype=np.float64)
         lo, hi = float(array.min()), float(array.max())
         gray = np.zeros(array.shape, np.uint8) if hi <= lo else np.round((array - lo) * (255.0 / (hi - lo))).astype(np.uint8)
         notes.append("converted from F")
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
         canvas.alpha_composite(rgba)
         notes.append(f"alpha composited on {background}")
-        return np.asarray(canvas.convert("RGB"))
+        return canvas.convert("RGB")
     if mode != "RGB":
         notes.append(f"converted from {mode}")
-    rgb = image.convert("RGB") if mode != "RGB" else image
-    return np.asarray(rgb)
+    return image.convert("RGB") if mode != "RGB" else image
 
 
 def fit_within(image: np.ndarray, max_side: int | None, multiple: int = 1) -> np.ndarray:

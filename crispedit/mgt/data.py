@@ -6,7 +6,7 @@
   target in `output`/`output_img`/`edited_file`/`generated_image`; source in
   `input`/`input_img`/`image_file`; images as {bytes} structs or raw bytes.
 
-Images are decoded with crispedit.images.decode_image, the same checks a build applies to a
+Images are decoded with crispedit.images.decode_pil, the same checks a build applies to a
 source file (pixel limit read from the header before decoding, EXIF rotation, alpha put on
 white), so a hostile or huge image in a shard is an error with a reason, not a hang.
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crispedit.images import DEFAULT_MAX_PIXELS, decode_image
+from crispedit.images import DEFAULT_MAX_PIXELS, decode_pil
 from crispedit.sample import IMAGE_COLUMNS, TEXT_COLUMNS
 
 
@@ -83,14 +83,16 @@ def image_bytes(value: object) -> bytes:
     raise ValueError(f"cannot read an image from a value of type {type(value).__name__}")
 
 
-def decode_rgb(value: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A shard cell (struct or bytes) -> HxWx3 uint8, through crispedit.images' checked decoder."""
-    pixels, _notes = decode_image(image_bytes(value), max_pixels=max_pixels)
-    return pixels
+def decode_rgb(value: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A shard cell (struct or bytes) -> an RGB PIL image, through crispedit.images' checked decoder
+    (kept in PIL: the crop that follows works on PIL images)."""
+    image, _notes = decode_pil(image_bytes(value), max_pixels=max_pixels)
+    return image
 
 
 def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
-    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def crop_pair(source: Image.Image | np.ndarray, target: Image.Image | np.ndarray, resolution: int,
@@ -102,7 +104,7 @@ def crop_pair(source: Image.Image | np.ndarray, target: Image.Image | np.ndarray
     scaled image as upstream. Only the window is resampled (PIL's resize with a source box), so
     the cost is R x R output pixels whatever the input size.
     """
-    source, target = _as_pil(source).convert("RGB"), _as_pil(target).convert("RGB")
+    source, target = _as_pil(source), _as_pil(target)
     orig_w, orig_h = source.size
     if target.size != source.size:
         target = target.resize(source.size, Image.BICUBIC)
@@ -117,8 +119,8 @@ def crop_pair(source: Image.Image | np.ndarray, target: Image.Image | np.ndarray
     box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
 
     def window(img: Image.Image) -> torch.Tensor:
-        arr = np.asarray(img.resize((resolution, resolution), Image.BICUBIC, box=box))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        arr = np.array(img.resize((resolution, resolution), Image.BICUBIC, box=box))  # one writable copy
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
     return window(source), window(target), [float(orig_w), float(orig_h), float(top), float(left), AESTHETIC_SCORE]
 

@@ -108,7 +108,7 @@ def evaluate(checkpoint: str | Path, benchmark: str | Path, out_dir: str | Path,
         task = item.get("task") or None
         known = task if task in pipe.tasks else None
         instruction = str(item["instruction"] or "")
-        edited = pipe(Image.fromarray(source_px), instruction, steps=steps, seed=seed + i, task=known)
+        edited = pipe(source_px, instruction, steps=steps, seed=seed + i, task=known)
         row: dict[str, Any] = {"id": item["id"], "task": task, "instruction": instruction, "task_used": known}
         row.update(edit_metrics(models, edited, source, target, item.get("input_caption"), item.get("output_caption")))
         if save_images:

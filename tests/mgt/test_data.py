@@ -22,8 +22,8 @@ def test_reads_crispedit_and_upstream_columns(tmp_path):
         table = ds.read(1)
         assert table.column_names[:3] == ["instruction", "source", "target"]
         row = table.slice(0, 1).to_pylist()[0]
-        assert row["instruction"] and decode_rgb(row["source"]).shape == (16, 24, 3)
-        assert decode_rgb(row["target"]).dtype == np.uint8
+        assert row["instruction"] and np.asarray(decode_rgb(row["source"])).shape == (16, 24, 3)
+        assert np.asarray(decode_rgb(row["target"])).dtype == np.uint8
 
 
 def test_missing_column_names_the_file(tmp_path):
