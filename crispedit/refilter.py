@@ -384,16 +384,11 @@ def _renamed(stage: Any, name: str) -> Any:
 
 def _decide(chain: list[StageRef], row: dict[str, Any], columns: list[str]) -> Verdict:
     scores = {c: row.get(c) for c in columns}
-    provenance: dict[str, Any] | None = None
     for ref in chain:
         reason = ref.stage.decide({c: scores.get(c) for c in ref.stage.score_columns()})
         if reason is not None:
-            annotate = getattr(ref.stage, "annotate", None)
-            if annotate is not None:
-                if provenance is None:
-                    provenance = json.loads(row.get("provenance") or "{}")
-                reason = annotate(reason, provenance)
-            return Verdict(ref.name, reason)
+            provenance = json.loads(row.get("provenance") or "{}")
+            return Verdict(ref.name, ref.stage.annotate(reason, provenance))
     return KEEP
 
 

@@ -175,6 +175,11 @@ class FilterStage(Stage):
         """(min, max) kept per score column, for the preview, the dataset card and histograms."""
         return {}
 
+    def annotate(self, reason: str, provenance: dict[str, Any]) -> str:
+        """The reason ``decide`` gave, completed from what ``score`` recorded in provenance (the
+        matched duplicate, the benchmark item); ``refilter`` calls it too, with no model loaded."""
+        return reason
+
     def score_columns(self) -> list[str]:
         return list(self.columns)
 
@@ -184,7 +189,7 @@ class FilterStage(Stage):
             if sample.alive:
                 reason = self.decide(scores)
                 if reason is not None:
-                    sample.fail(self.name, reason, filtered=True)
+                    sample.fail(self.name, self.annotate(reason, sample.provenance), filtered=True)
         return batch
 
 

@@ -117,13 +117,6 @@ class DedupeStage(FilterStage):
             return f"{reason} ({match.get('build')} row {match.get('id')})"
         return reason
 
-    def __call__(self, batch: list[Sample]) -> list[Sample]:
-        out = super().__call__(batch)
-        for s in out:
-            if s.reject is not None and s.reject.stage == self.name:
-                s.reject.reason = self.annotate(s.reject.reason, s.provenance)
-        return out
-
 
 class BenchmarkSet(BaseModel):
     """One benchmark image set to keep out of the training data."""
@@ -205,13 +198,6 @@ class DecontaminateStage(FilterStage):
         if reason.startswith("contaminated") and isinstance(match, dict):
             return f"{reason}: {match.get('set')}/{match.get('item')}"
         return reason
-
-    def __call__(self, batch: list[Sample]) -> list[Sample]:
-        out = super().__call__(batch)
-        for s in out:
-            if s.reject is not None and s.reject.stage == self.name:
-                s.reject.reason = self.annotate(s.reject.reason, s.provenance)
-        return out
 
 
 def _fingerprint(spec: BenchmarkSet) -> str:
