@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crispedit.sample import Sample  # noqa: E402
+from crispedit.core.sample import Sample  # noqa: E402
+from crispedit.core.stage import BuildContext  # noqa: E402
 from crispedit.scoring import CLIP_TEXT_LENGTH, Preprocess  # noqa: E402
-from crispedit.stages.base import BuildContext  # noqa: E402
 from crispedit.stages.clip_filter import ClipFilter, ClipFilterParams  # noqa: E402
 
 

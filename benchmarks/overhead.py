@@ -24,10 +24,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.stages, the plugin the recipe names
 
+from crispedit.core.images import encode_image  # noqa: E402
+from crispedit.core.shards import plan_shards, record_features  # noqa: E402
 from crispedit.engine import build  # noqa: E402
-from crispedit.images import encode_image  # noqa: E402
 from crispedit.recipe import load_plan  # noqa: E402
-from crispedit.shards import plan_shards, record_features  # noqa: E402
 
 RECIPE = """\
 name: overhead

@@ -27,8 +27,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crispedit.core.images import encode_image
 from crispedit.engine import build
-from crispedit.images import encode_image
 from crispedit.recipe import load_plan
 
 RECIPE = """\

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crispedit.stages.base import register_stage
+from crispedit.core.stage import register_stage
 from crispedit.stages.copy import CopyStage
 
 

@@ -3,7 +3,7 @@
 Floor: the irreducible work per training pair in one process, with the encoded images already
 in memory: PIL decode of source and target, the shared crop at the training resolution, and
 float tensors in [0, 1] ready for the VQ tokenizer. The loader does that plus reading the
-Parquet row groups, crispedit.images' checked decode, batching, and handing uint8 batches
+Parquet row groups, crispedit.core.images' checked decode, batching, and handing uint8 batches
 from worker processes to the main one (which makes them floats). Ratio per worker =
 loader / (workers x floor); ratio per core = loader / (min(workers, cores) x floor).
 

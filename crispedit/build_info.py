@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from crispedit.shards import DATA_DIR, REJECTS_DIR, read_markers
+from crispedit.core.shards import DATA_DIR, REJECTS_DIR, read_markers
 
 log = logging.getLogger("crispedit")
 
@@ -184,9 +184,9 @@ def _stage_info(raw: dict[str, Any], recipe: dict[str, Any], tiny: bool) -> Stag
     params = {k: v for k, v in raw.items() if k not in ("kind", "name")}
     info = StageInfo(name=name, kind=kind, params=params)
     try:
+        from crispedit.core.stage import BuildContext
         from crispedit.models import tiny_swap
         from crispedit.stages import STAGES
-        from crispedit.stages.base import BuildContext
 
         cls = STAGES.get(kind)
         if cls is None:

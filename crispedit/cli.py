@@ -81,10 +81,10 @@ def _build(args: argparse.Namespace) -> int:
     plan = _load(args, out=args.out)
     if plan is None:
         return 2
+    from crispedit.core.stage import StageBroken
     from crispedit.engine import BuildError, build
     from crispedit.llm import LLMConfigError
     from crispedit.recipe import plan_until
-    from crispedit.stages.base import StageBroken
 
     if args.until:
         try:
@@ -117,8 +117,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from crispedit.shards import read_markers, summarize
-    from crispedit.storage import Output
+    from crispedit.core.shards import read_markers, summarize
+    from crispedit.core.storage import Output
 
     output = Output(args.out)
     if output.exists("summary.json"):

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from crispedit.storage import is_url
+from crispedit.core.storage import is_url
 
 
 class UnreachableOutputError(RuntimeError):

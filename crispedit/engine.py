@@ -28,17 +28,15 @@ import pyarrow as pa
 
 from crispedit import __version__
 from crispedit.cluster import UnreachableOutputError, check_output_reachable
-from crispedit.faults import fault_point
-from crispedit.recipe import BuildPlan, Entry, freeze_plan, thaw_plan
-from crispedit.sample import Sample
-from crispedit.shards import (
+from crispedit.core.faults import fault_point
+from crispedit.core.sample import Sample
+from crispedit.core.shards import (
     ShardRange,
     ShardStore,
     plan_shards,
     summarize,
 )
-from crispedit.stages import SOURCES, STAGES, BuildContext, Source, Stage
-from crispedit.stages.base import (
+from crispedit.core.stage import (
     Breaker,
     StageBroken,
     StageStats,
@@ -47,7 +45,9 @@ from crispedit.stages.base import (
     describe_error,
     stage_stats,
 )
-from crispedit.storage import Output
+from crispedit.core.storage import Output
+from crispedit.recipe import BuildPlan, Entry, freeze_plan, thaw_plan
+from crispedit.stages import SOURCES, STAGES, BuildContext, Source, Stage
 
 log = logging.getLogger("crispedit")
 

@@ -21,8 +21,8 @@ def write_histograms(out: str | Path, folder: str | Path | None = None) -> dict[
     a local copy, or by ``crispedit preview``/``publish``, which draw the same plots).
     """
     from crispedit.build_info import read_build, read_columns
+    from crispedit.core.storage import is_url
     from crispedit.plots import score_histograms
-    from crispedit.storage import is_url
 
     if is_url(str(out)):
         return {}

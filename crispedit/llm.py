@@ -10,7 +10,7 @@ OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, Ollama...), so they get them h
   it becomes a reject whose reason says what was wrong;
 * **failures kept apart**: a server that is down, overloaded (429/5xx) or slow is retried with
   exponential backoff and jitter that honours ``Retry-After``; when retries run out that is
-  :class:`~crispedit.stages.base.TransientError` (the shard is built again on a rerun), never
+  :class:`~crispedit.core.stage.TransientError` (the shard is built again on a rerun), never
   a reject. A refusal, an invalid answer or a 4xx other than 429 (a context-length error) is
   the sample's fault and comes back as :attr:`LLMAnswer.error`;
 * **at scale**: bounded concurrency inside a batch and token buckets for requests and tokens
@@ -288,7 +288,7 @@ class LLMClient:
 
     # -- one batch ------------------------------------------------------------------------
     async def _ask_all(self, requests: list[LLMRequest]) -> list[LLMAnswer]:
-        from crispedit.stages.base import TransientError  # here: crispedit.stages imports this module
+        from crispedit.core.stage import TransientError  # here: crispedit.stages imports this module
 
         results = await asyncio.gather(*(self._ask_one(r) for r in requests), return_exceptions=True)
         # Every other answer is finished (and cached) before a failure is raised, so a rerun
@@ -342,7 +342,7 @@ class LLMClient:
         """
         import openai
 
-        from crispedit.stages.base import TransientError
+        from crispedit.core.stage import TransientError
 
         runtime = self._ensure_runtime()
         fmt = self.format

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from crispedit.build_info import BuildInfo, Shard, read_build
 from crispedit.card import ASSETS_DIR, ConfigFiles, render_card
-from crispedit.hub_parquet import hub_shape_problems, max_row_group_bytes, write_hub_parquet
+from crispedit.core.hub_parquet import hub_shape_problems, max_row_group_bytes, write_hub_parquet
 
 log = logging.getLogger("crispedit")
 

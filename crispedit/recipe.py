@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from crispedit.core.paths import UnsafePathError, contained
+from crispedit.core.sample import digest
+from crispedit.core.storage import is_url
 from crispedit.models import tiny_swap
-from crispedit.paths import UnsafePathError, contained
 from crispedit.recipe_yaml import (
     KeyPath,
     LocatedYaml,
@@ -24,8 +26,6 @@ from crispedit.recipe_yaml import (
     RecipeError,
     load_located,
 )
-from crispedit.sample import digest
-from crispedit.storage import is_url
 
 
 class Strict(BaseModel):
@@ -213,7 +213,7 @@ def load_plan(
 
 def _check_data_flow(source: Entry, stages: list[Entry], sources: dict[str, Any], registry: dict[str, Any]) -> list[Problem]:
     """Each stage's declared inputs must come from the source or an earlier stage, named at the stage's line."""
-    from crispedit.stages.base import BuildContext
+    from crispedit.core.stage import BuildContext
 
     context = BuildContext(recipe_name="validate", fingerprint="", seed=0)
     available = set(sources[source.kind](source.params, context).outputs())

@@ -70,9 +70,9 @@ def _first_paragraph(cls: type) -> str:
 
 
 def render() -> str:
+    from crispedit.core.stage import FilterStage
     from crispedit.recipe import ExecutionSpec, OutputSpec, Recipe, StageResources
     from crispedit.stages import SOURCES, STAGES
-    from crispedit.stages.base import FilterStage
 
     out = [
         "# Recipe reference",

@@ -41,9 +41,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from crispedit.sample import child_id, sample_id
-from crispedit.shards import COMMITS_DIR, DATA_DIR, ORDER_COLUMN, PARTS_DIR, REJECTS_DIR, ShardRange, ShardStore, read_markers
-from crispedit.storage import Output
+from crispedit.core.sample import child_id, sample_id
+from crispedit.core.shards import (
+    COMMITS_DIR,
+    DATA_DIR,
+    ORDER_COLUMN,
+    PARTS_DIR,
+    REJECTS_DIR,
+    ShardRange,
+    ShardStore,
+    read_markers,
+)
+from crispedit.core.storage import Output
 
 log = logging.getLogger("crispedit")
 
@@ -201,7 +210,7 @@ def rewrite_build(
 
 
 def _stats(entry: dict[str, Any]) -> Any:
-    from crispedit.stages.base import StageStats
+    from crispedit.core.stage import StageStats
 
     return StageStats.from_dict(entry)
 
@@ -255,7 +264,7 @@ def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tupl
 
 
 def _summary(reader: BuildReader, target: Output, note: dict[str, Any] | None) -> dict[str, Any]:
-    from crispedit.shards import summarize
+    from crispedit.core.shards import summarize
 
     summary = summarize(read_markers(target))
     total = reader.summary.get("shards_total", len(reader.markers))
@@ -305,9 +314,9 @@ def _find_chain(name: str, folders: list[Path]) -> list[dict[str, Any]]:
 
 
 def _make(raw: dict[str, Any], context: Any, tiny: bool, origin: str) -> StageRef:
+    from crispedit.core.stage import FilterStage
     from crispedit.models import tiny_swap
     from crispedit.stages import STAGES
-    from crispedit.stages.base import FilterStage
 
     kind = str(raw.get("kind"))
     name = str(raw.get("name", kind))
@@ -322,7 +331,7 @@ def _make(raw: dict[str, Any], context: Any, tiny: bool, origin: str) -> StageRe
 
 def build_pipeline(reader: BuildReader) -> list[StageRef]:
     """The build's stages in order, filter chains (``include:`` and ``filters:``) expanded."""
-    from crispedit.stages.base import BuildContext
+    from crispedit.core.stage import BuildContext
 
     recipe = reader.recipe
     tiny = bool(reader.manifest.get("tiny"))
@@ -341,7 +350,7 @@ def build_pipeline(reader: BuildReader) -> list[StageRef]:
 
 def new_chain(pipeline: list[StageRef], filters: Path, reader: BuildReader) -> list[StageRef]:
     """The filters to decide with: the build's, in order, with ``filters``' parameters where they name them."""
-    from crispedit.stages.base import BuildContext
+    from crispedit.core.stage import BuildContext
 
     tiny = bool(reader.manifest.get("tiny"))
     context = BuildContext(recipe_name=str(reader.recipe.get("name", "")), fingerprint=reader.fingerprint, seed=int(reader.recipe.get("seed") or 0), tiny=tiny)

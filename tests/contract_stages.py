@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from crispedit.sample import Sample
-from crispedit.stages.base import Resources, Stage, StageParams, TransientError, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import Resources, Stage, StageParams, TransientError, register_stage
 
 
 class CandidatesParams(StageParams):

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from crispedit.sample import Sample, sample_id
+from crispedit.core.sample import Sample, sample_id
 
 
 def photo(seed: int, size: int = 32) -> np.ndarray:
@@ -65,7 +65,7 @@ def with_masks(n: int = 3) -> list[Sample]:
 
 
 def edited(n: int = 3) -> list[Sample]:
-    from crispedit.stages.base import BuildContext
+    from crispedit.core.stage import BuildContext
     from crispedit.stages.instruct import InstructParams, InstructStage
 
     stage = InstructStage(InstructParams(backend="template"), BuildContext("battery", "battery", 0))

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from crispedit.core.images import ImageRejected, decode_image
 from crispedit.engine import build
-from crispedit.images import ImageRejected, decode_image
 from crispedit.recipe import load_plan
 from tests.conftest import write_recipe
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import BuildContext, Stage, apply_stage
 from crispedit.reference import render
-from crispedit.sample import Sample
 from crispedit.stages import SOURCES, STAGES
-from crispedit.stages.base import BuildContext, Stage, apply_stage
 from tests.conftest import REPO
 from tests.stage_cases import SOURCE_CASES, STAGE_CASES
 

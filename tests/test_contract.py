@@ -15,10 +15,10 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
+from crispedit.core.stage import StageBroken
 from crispedit.engine import build
 from crispedit.recipe import load_plan
 from crispedit.recipe_yaml import RecipeError
-from crispedit.stages.base import StageBroken
 from tests.conftest import QUICKSTART, REPO, write_recipe
 
 BEST_OF_N = """
@@ -84,7 +84,7 @@ def test_fan_out_and_selection_keep_one_of_n_with_ranks_and_scores(best_of_n) ->
 
 def test_child_ids_and_seeds_derive_from_the_parent(best_of_n) -> None:
     _, out = best_of_n
-    from crispedit.sample import child_id
+    from crispedit.core.sample import child_id
 
     table = pq.read_table(out / "data").to_pylist() + pq.read_table(out / "rejects").to_pylist()
     for row in table:

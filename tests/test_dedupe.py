@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from skimage import data as photos
 
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, apply_stage
 from crispedit.dedupe import PairHash, dedupe_build, hamming, near_duplicates, phash
 from crispedit.engine import build
 from crispedit.recipe import load_plan
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import BuildContext, apply_stage
 from crispedit.stages.dedupe import DecontaminateParams, DecontaminateStage, DedupeParams, DedupeStage
 from tests.conftest import write_recipe
 

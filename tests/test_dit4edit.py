@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext
 from crispedit.dit4edit.attention import (
     AttentionController,
     CallLayout,
@@ -25,8 +27,6 @@ from crispedit.dit4edit.merging import bipartite_matching, partition
 from crispedit.dit4edit.models import PIXART_SCHEDULER, tiny_pixart, tiny_pixart_transformer, tiny_t5, tiny_t5_tokenizer
 from crispedit.dit4edit.pipeline import DiT4EditPipeline, EditSettings, PromptEncoder, PromptMismatch
 from crispedit.dit4edit.solver import Sampler, Schedule, invert, rms, sample
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import BuildContext
 from crispedit.stages.dit4edit import Dit4EditParams, Dit4EditStage, fit_size
 
 CPU = torch.device("cpu")

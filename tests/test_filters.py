@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, apply_stage
 from crispedit.models import ModelSpec, tiny_swap
-from crispedit.sample import Sample, sample_id
 from crispedit.scoring import Embedder, Preprocess, directional_similarity, tiny_clip
 from crispedit.stages import STAGES
-from crispedit.stages.base import BuildContext, apply_stage
 from crispedit.stages.clip_filter import ClipFilter, ClipFilterParams
 from crispedit.stages.locality import LocalityFilter, LocalityParams, masked_l1
 from crispedit.stages.safety import SafetyFilter, SafetyParams

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from crispedit.sample import Sample, sample_id
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, Stage, apply_stage
 from crispedit.stages import STAGES
-from crispedit.stages.base import BuildContext, Stage, apply_stage
 
 CONTEXT = BuildContext(recipe_name="gen", fingerprint="gen", seed=0, tiny=True)
 

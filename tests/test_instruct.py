@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, TransientError
 from crispedit.edit_specs import answer_model
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import BuildContext, TransientError
 from crispedit.stages.instruct import InstructParams, InstructStage
 from crispedit.stages.source_text import CaptionsParams, CaptionsSource, EmptyParams, EmptySource
 from crispedit.taxonomies import BUILTIN, load_taxonomy, load_vocabulary

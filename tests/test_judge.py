@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import BuildContext, TransientError, apply_stage
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, TransientError, apply_stage
 from crispedit.stages.judge import JudgeParams, JudgeStage
 from tests.llm_server import LLMServer, request_schema
 

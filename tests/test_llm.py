@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from crispedit.core.stage import TransientError
 from crispedit.llm import LLMClient, LLMConfigError, LLMRequest, LLMSettings
-from crispedit.stages.base import TransientError
 from tests.llm_server import LLMServer
 
 KEY_ENV = "CRISPEDIT_TEST_LLM_KEY"

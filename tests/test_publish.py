@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crispedit.cli import main
-from crispedit.hub_parquet import hub_shape_problems, row_group_sizes, write_hub_parquet
+from crispedit.core.hub_parquet import hub_shape_problems, row_group_sizes, write_hub_parquet
 from crispedit.publish import PublishError, RetryPolicy, copy_tree, plan_tree, upload_tree
 
 sys.path.insert(0, str(Path(__file__).parent))

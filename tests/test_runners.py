@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import StageBroken, apply_stage, stage_stats
 from crispedit.engine import build
 from crispedit.recipe import load_plan
-from crispedit.sample import Sample
-from crispedit.stages.base import StageBroken, apply_stage, stage_stats
 from tests.conftest import QUICKSTART
 
 
@@ -85,7 +85,7 @@ def test_model_stage_runs_in_an_actor_pool_with_identical_bytes(ray_local, tmp_p
 def test_a_filter_skips_filter_rejects_that_lack_what_it_reads() -> None:
     """A filter placed before the generator rejects samples with no target yet; a later filter
     scores the rejects that have its inputs and leaves the others alone instead of crashing."""
-    from crispedit.stages.base import BuildContext
+    from crispedit.core.stage import BuildContext
     from crispedit.stages.pixel_change import PixelChangeFilter, PixelChangeParams
 
     image = np.zeros((4, 4, 3), np.uint8)

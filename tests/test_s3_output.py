@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from s3_server import S3, s3  # noqa: F401  (the fixture)
 
+from crispedit.core.storage import Output
 from crispedit.engine import build
 from crispedit.recipe import load_plan
-from crispedit.storage import Output
 from tests.conftest import QUICKSTART, write_recipe
 
 # 24 items in 12 shards of 2: many commit points to land a kill between.

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from crispedit.core.paths import UnsafePathError
+from crispedit.core.shards import ShardStore, plan_shards
 from crispedit.engine import build
-from crispedit.paths import UnsafePathError
 from crispedit.recipe import load_plan
-from crispedit.shards import ShardStore, plan_shards
 from tests.conftest import QUICKSTART
 
 

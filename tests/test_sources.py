@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from s3_server import S3, s3  # noqa: F401  (the fixture)
 
-from crispedit.sample import Sample
+from crispedit.core.sample import Sample
 from crispedit.stages import SOURCES, BuildContext, Source, source_parquet, source_records, source_webdataset
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"\x00garbage" * 8

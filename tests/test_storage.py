@@ -9,8 +9,8 @@ import pytest
 from s3_server import S3, s3  # noqa: F401  (the fixture)
 
 from crispedit.cluster import UnreachableOutputError, check_output_reachable
-from crispedit.paths import UnsafePathError
-from crispedit.storage import TMP_PREFIX, Output, open_input, relative_key
+from crispedit.core.paths import UnsafePathError
+from crispedit.core.storage import TMP_PREFIX, Output, open_input, relative_key
 
 
 def exercise(out: Output) -> None:

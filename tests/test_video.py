@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import BuildContext, TransientError, apply_stage
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, TransientError, apply_stage
 from crispedit.stages.source_videos import VideosParams, VideosSource
 from crispedit.stages.video_caption import VideoCaptionParams, VideoCaptionStage
 from crispedit.stages.video_pairs import SCORE_COLUMNS, VideoPairsParams, VideoPairsStage

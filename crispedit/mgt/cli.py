@@ -75,7 +75,7 @@ def _llm(args: argparse.Namespace):  # noqa: ANN202 - crispedit.llm.LLMSettings,
 def _edit(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from crispedit.images import ImageRejected, read_image
+    from crispedit.core.images import ImageRejected, read_image
 
     from .pipeline import EditPipeline
 

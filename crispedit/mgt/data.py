@@ -1,12 +1,12 @@
 """What a training pair is: its columns in a shard, its decoded pixels, its crop window, a batch.
 
-* crispedit shards: OUT/data/train-*.parquet in the sample schema (crispedit.sample): source
+* crispedit shards: OUT/data/train-*.parquet in the sample schema (crispedit.core.sample): source
   and target as HF Image structs {bytes, path}, `instruction`, `task`.
 * upstream column names (EditMGT src/dataset_utils.py): instruction in `edit_instruction`;
   target in `output`/`output_img`/`edited_file`/`generated_image`; source in
   `input`/`input_img`/`image_file`; images as {bytes} structs or raw bytes.
 
-Images are decoded with crispedit.images.decode_pil, the same checks a build applies to a
+Images are decoded with crispedit.core.images.decode_pil, the same checks a build applies to a
 source file (pixel limit read from the header before decoding, EXIF rotation, alpha put on
 white), so a hostile or huge image in a shard is an error with a reason, not a hang.
 
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crispedit.images import DEFAULT_MAX_PIXELS, decode_pil
-from crispedit.sample import IMAGE_COLUMNS, TEXT_COLUMNS
+from crispedit.core.images import DEFAULT_MAX_PIXELS, decode_pil
+from crispedit.core.sample import IMAGE_COLUMNS, TEXT_COLUMNS
 
 
 def _declared(name: str, columns: tuple[str, ...]) -> str:
-    """A column name of the sample schema; fails at import if crispedit.sample renames it."""
+    """A column name of the sample schema; fails at import if crispedit.core.sample renames it."""
     if name not in columns:
-        raise ImportError(f"crispedit.sample no longer declares the column {name!r} ({columns})")
+        raise ImportError(f"crispedit.core.sample no longer declares the column {name!r} ({columns})")
     return name
 
 
@@ -84,7 +84,7 @@ def image_bytes(value: object) -> bytes:
 
 
 def decode_rgb(value: object, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A shard cell (struct or bytes) -> an RGB PIL image, through crispedit.images' checked decoder
+    """A shard cell (struct or bytes) -> an RGB PIL image, through crispedit.core.images' checked decoder
     (kept in PIL: the crop that follows works on PIL images)."""
     image, _notes = decode_pil(image_bytes(value), max_pixels=max_pixels)
     return image

@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from crispedit.images import DEFAULT_MAX_PIXELS, ImageRejected
+from crispedit.core.images import DEFAULT_MAX_PIXELS, ImageRejected
 
 from .data import PairBatch, crop_pair, decode_rgb
 from .epochs import EpochPlan, SampleRef

@@ -1,5 +1,12 @@
 """Every built-in stage and source kind, registered on import."""
 
+from crispedit.core.stage import (
+    STAGES,
+    BuildContext,
+    Stage,
+    StageParams,
+    register_stage,
+)
 from crispedit.stages import (  # noqa: F401
     classical,
     clip_filter,
@@ -28,13 +35,6 @@ from crispedit.stages import (  # noqa: F401
     source_webdataset,
     video_caption,
     video_pairs,
-)
-from crispedit.stages.base import (
-    STAGES,
-    BuildContext,
-    Stage,
-    StageParams,
-    register_stage,
 )
 from crispedit.stages.source import SOURCES, Source, register_source
 

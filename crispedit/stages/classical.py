@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from crispedit.classical_edits import EDITS
-from crispedit.sample import Sample
-from crispedit.stages.base import Stage, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import Stage, register_stage
 
 
 @register_stage

@@ -6,8 +6,8 @@ generator pays for except the model.
 
 from __future__ import annotations
 
-from crispedit.sample import Sample
-from crispedit.stages.base import Stage, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import Stage, register_stage
 
 
 @register_stage

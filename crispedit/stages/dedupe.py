@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crispedit.sample import Sample
-from crispedit.stages.base import FilterStage, StageParams, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import FilterStage, StageParams, register_stage
 from crispedit.stages.clip_filter import Bound
 
 

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from crispedit.core.sample import Sample, derive_seed
+from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.models import TINY_ID, ModelSpec
-from crispedit.sample import Sample, derive_seed
-from crispedit.stages.base import Resources, Stage, StageParams, register_stage
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
 #: --tiny runs the tiny twins at most this long side (their cost grows with the token count).

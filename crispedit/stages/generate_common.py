@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from crispedit.core.sample import Sample, derive_seed
+from crispedit.core.stage import Resources, Stage, StageParams
 from crispedit.generate.options import DType, RunOptions, Sampler, Scheduler
 from crispedit.models import ModelSpec
-from crispedit.sample import Sample, derive_seed
-from crispedit.stages.base import Resources, Stage, StageParams
 
 SDXL_BASE = ModelSpec(id="stabilityai/stable-diffusion-xl-base-1.0", revision="462165984030d82259a11f4367a4eed129e94a7b")
 SDXL_INPAINT = ModelSpec(id="diffusers/stable-diffusion-xl-1.0-inpainting-0.1", revision="115134f363124c53c7d878647567d04daf26e41e")

@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import Field
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import register_stage
 from crispedit.generate.images import back_to, paste_back, pipeline_size
 from crispedit.models import ModelSpec
-from crispedit.sample import Sample
-from crispedit.stages.base import register_stage
 from crispedit.stages.generate_common import SDXL_INPAINT, GeneratorParams, GeneratorStage, by_size
 
 

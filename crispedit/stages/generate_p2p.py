@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import register_stage
 from crispedit.generate.options import tiny_size
 from crispedit.models import ModelSpec
-from crispedit.sample import Sample
-from crispedit.stages.base import register_stage
 from crispedit.stages.generate_common import (
     SDXL_BASE,
     Fraction,

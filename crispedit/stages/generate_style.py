@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import register_stage
 from crispedit.generate.images import back_to, pipeline_size
 from crispedit.models import ModelSpec
-from crispedit.sample import Sample
-from crispedit.stages.base import register_stage
 from crispedit.stages.generate_common import CONTROLNET_CANNY, SDXL_BASE, GeneratorParams, GeneratorStage, by_size
 
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from crispedit.core.sample import Sample, derive_seed
+from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.masks import soft, twins  # noqa: F401  (twins: registers the tiny GroundingDINO and SAM)
 from crispedit.models import ModelSpec, load_model
-from crispedit.sample import Sample, derive_seed
-from crispedit.stages.base import Resources, Stage, StageParams, register_stage
 
 if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a recipe stays light
     import torch

@@ -29,10 +29,10 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crispedit.classical_edits import EDITS
+from crispedit.core.sample import Sample, derive_seed
+from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.edit_specs import NoObject, answer_model, template_spec
 from crispedit.llm import LLMSettings
-from crispedit.sample import Sample, derive_seed
-from crispedit.stages.base import Stage, StageParams, register_stage
 from crispedit.taxonomies import REGION_OPS, Category, Vocabulary, load_taxonomy, load_vocabulary
 
 log = logging.getLogger("crispedit")

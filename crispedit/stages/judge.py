@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
 from crispedit.llm import LLMSettings
-from crispedit.sample import Sample
-from crispedit.stages.base import FilterStage, Resources, StageParams, register_stage
 from crispedit.stages.clip_filter import Bound
 
 INSTRUCTION_SLOT = "<instruction>"

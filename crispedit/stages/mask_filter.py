@@ -12,9 +12,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import FilterStage, StageParams, register_stage
 from crispedit.masks.checks import check_mask
-from crispedit.sample import Sample
-from crispedit.stages.base import FilterStage, StageParams, register_stage
 
 
 class MaskFilterParams(StageParams):

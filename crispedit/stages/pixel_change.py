@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from crispedit.sample import Sample
-from crispedit.stages.base import FilterStage, StageParams, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import FilterStage, StageParams, register_stage
 
 
 class PixelChangeParams(StageParams):

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.masks.pixel_threshold import threshold_chain
-from crispedit.sample import Sample
-from crispedit.stages.base import Stage, StageParams, register_stage
 
 TURNS_KEY = "turn_images"
 

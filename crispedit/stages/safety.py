@@ -14,9 +14,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
 from crispedit.models import ModelSpec
-from crispedit.sample import Sample
-from crispedit.stages.base import FilterStage, Resources, StageParams, register_stage
 from crispedit.stages.clip_filter import Bound, bound_checks
 
 

@@ -11,8 +11,8 @@ from collections import defaultdict
 
 from pydantic import Field
 
-from crispedit.sample import Sample
-from crispedit.stages.base import Stage, StageParams, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import Stage, StageParams, register_stage
 
 
 class SelectParams(StageParams):

@@ -14,9 +14,9 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, field_validator
 
-from crispedit.images import ImageRejected, fit_within, read_image
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import BuildContext, StageParams
+from crispedit.core.images import ImageRejected, fit_within, read_image
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import BuildContext, StageParams
 
 
 class Source(ABC):

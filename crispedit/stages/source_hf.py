@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import Field
 
+from crispedit.core.storage import is_url, split_url
 from crispedit.stages.source import register_source
 from crispedit.stages.source_parquet import ParquetFiles
 from crispedit.stages.source_records import Record, RecordSource, RemoteImageParams, cell_record
-from crispedit.storage import is_url, split_url
 
 
 class HFDatasetParams(RemoteImageParams):

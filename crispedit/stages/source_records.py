@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from crispedit.images import ImageRejected, decode_image, fit_within
-from crispedit.paths import UnsafePathError
-from crispedit.sample import Sample, sample_id
+from crispedit.core.images import ImageRejected, decode_image, fit_within
+from crispedit.core.paths import UnsafePathError
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.storage import is_url, relative_key, split_url
 from crispedit.stages.source import ImageSourceParams, Source
-from crispedit.storage import is_url, relative_key, split_url
 
 
 class RemoteImageParams(ImageSourceParams):

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import StageParams
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import StageParams
+from crispedit.core.storage import is_url, open_input
 from crispedit.stages.source import Source, register_source
-from crispedit.storage import is_url, open_input
 
 SeedAs = Literal["topic", "caption"]
 

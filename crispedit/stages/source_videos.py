@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from crispedit.sample import Sample, sample_id
-from crispedit.stages.base import StageParams
+from crispedit.core.sample import Sample, sample_id
+from crispedit.core.stage import StageParams
+from crispedit.core.storage import is_url, split_url
 from crispedit.stages.source import Source, register_source
 from crispedit.stages.source_records import Record
-from crispedit.storage import is_url, split_url
 from crispedit.video.containers import HEAD_BYTES, describe_head, sniff, truncation
 
 #: File name endings of videos, for WebDataset members and (with ``only_extensions``) folders.

@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from crispedit.core.storage import Output
 from crispedit.stages.source import register_source
 from crispedit.stages.source_records import InputFile, Record, RecordSource, RemoteImageParams, expand_inputs
-from crispedit.storage import Output
 
 INDEX_VERSION = 1
 

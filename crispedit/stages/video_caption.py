@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from crispedit.core.sample import Sample, derive_seed
+from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.llm import LLMSettings
-from crispedit.sample import Sample, derive_seed
-from crispedit.stages.base import Stage, StageParams, register_stage
 
 log = logging.getLogger("crispedit")
 

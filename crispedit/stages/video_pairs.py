@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from crispedit.sample import Sample
-from crispedit.stages.base import Resources, Stage, StageParams, register_stage
+from crispedit.core.sample import Sample
+from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.video.readers import READERS, reader_ref
 from crispedit.video.settings import MiningSettings
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crispedit.core.sample import Sample
+from crispedit.core.stage import BuildContext, apply_stage, stage_stats
 from crispedit.masks.checks import check_mask, count_contours, coverage
 from crispedit.masks.pixel_threshold import (
     pixel_distance,
     threshold_chain,
     threshold_pixels,
 )
-from crispedit.sample import Sample
-from crispedit.stages.base import BuildContext, apply_stage, stage_stats
 from crispedit.stages.mask_filter import MaskFilter, MaskFilterParams
 from crispedit.stages.pixel_threshold import PixelThreshold, PixelThresholdParams
 

@@ -8,7 +8,7 @@ import torch
 from conftest import write_crispedit_shard
 from PIL import Image
 
-from crispedit.images import ImageRejected
+from crispedit.core.images import ImageRejected
 from crispedit.mgt.data import crop_pair, decode_rgb
 from crispedit.mgt.shard_index import DatasetIndex
 
@@ -37,7 +37,7 @@ def test_missing_column_names_the_file(tmp_path):
 
 
 def test_decoding_uses_the_checked_decoder():
-    """Shard images go through crispedit.images: a pixel bomb is refused from its header."""
+    """Shard images go through crispedit.core.images: a pixel bomb is refused from its header."""
     import io
 
     buf = io.BytesIO()

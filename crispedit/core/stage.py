@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from crispedit.sample import Sample
+from crispedit.core.sample import Sample
 
 log = logging.getLogger("crispedit")
 

@@ -26,12 +26,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crispedit import __version__
-from crispedit.faults import fault_point
-from crispedit.hub_parquet import hub_parquet_bytes
-from crispedit.images import encode_image
-from crispedit.sample import IMAGE_COLUMNS, TEXT_COLUMNS, Sample, digest, provenance_json
-from crispedit.stages.base import StageStats
-from crispedit.storage import Output
+from crispedit.core.faults import fault_point
+from crispedit.core.hub_parquet import hub_parquet_bytes
+from crispedit.core.images import encode_image
+from crispedit.core.sample import IMAGE_COLUMNS, TEXT_COLUMNS, Sample, digest, provenance_json
+from crispedit.core.stage import StageStats
+from crispedit.core.storage import Output
 
 DATA_DIR = "data"
 REJECTS_DIR = "rejects"

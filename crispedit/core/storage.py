@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crispedit.faults import fault_point
-from crispedit.paths import UnsafePathError, contained, safe_name
+from crispedit.core.faults import fault_point
+from crispedit.core.paths import UnsafePathError, contained, safe_name
 
 #: Prefix of the hidden temporary files local writes go through (invisible to ``datasets``).
 TMP_PREFIX = ".tmp-"
