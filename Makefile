@@ -31,7 +31,7 @@ lint:
 
 # docs/reference.md is generated from the code; a test fails when it is stale.
 docs:
-	$(PYTHON) -m crispedit.reference > docs/reference.md
+	$(PYTHON) -m crispedit.recipe.reference > docs/reference.md
 
 bench:
 	$(PYTHON) benchmarks/overhead.py

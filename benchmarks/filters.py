@@ -1,6 +1,6 @@
 """CLIP + DINOv2 scoring throughput (pairs/s) against the bare model forward on the same batches.
 
-The scorer is ``clip_filter.score`` (crispedit.scoring): preprocessing from uint8 arrays on
+The scorer is ``clip_filter.score`` (crispedit.models.clip): preprocessing from uint8 arrays on
 the device, tokenising, deduplicating images and captions, every score. The bare forward
 runs only the model calls the scores need (CLIP image features of sources and targets, CLIP
 text features of both captions, DINOv2 on both images) on tensors prepared before the clock
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crispedit.core.sample import Sample  # noqa: E402
 from crispedit.core.stage import BuildContext  # noqa: E402
-from crispedit.scoring import CLIP_TEXT_LENGTH, Preprocess  # noqa: E402
-from crispedit.stages.clip_filter import ClipFilter, ClipFilterParams  # noqa: E402
+from crispedit.filters.clip_filter import ClipFilter, ClipFilterParams  # noqa: E402
+from crispedit.models.clip import CLIP_TEXT_LENGTH, Preprocess  # noqa: E402
 
 
 def pairs(count: int, side: int) -> list[Sample]:
@@ -53,7 +53,7 @@ def full_size_stage(device: str) -> ClipFilter:
     """ClipFilter with random-init models of ViT-L/14's and DINOv2-base's shapes (no weights to download)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
-    from crispedit.scoring import _CLIP_MEAN, _CLIP_STD, _IMAGENET_MEAN, _IMAGENET_STD, Embedder, tiny_clip_tokenizer
+    from crispedit.models.clip import _CLIP_MEAN, _CLIP_STD, _IMAGENET_MEAN, _IMAGENET_STD, Embedder, tiny_clip_tokenizer
 
     stage = ClipFilter(ClipFilterParams(clip_model="tiny", dino_model="tiny", device=device), BuildContext("bench", "bench", 0, tiny=True))
     stage.embedder = Embedder(None, None, device)

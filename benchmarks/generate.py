@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from crispedit.generate.blending import StepWindow
-from crispedit.generate.options import RunOptions, Sampler
-from crispedit.generate.text2image import Controls, PairRequest, run_pairs
-from crispedit.models import ModelSpec
+from crispedit.models.spec import ModelSpec
+from crispedit.sdxl.blending import StepWindow
+from crispedit.sdxl.options import RunOptions, Sampler
+from crispedit.sdxl.text2image import Controls, PairRequest, run_pairs
 
 PROMPTS = [("a cat on the tree", "a dog on the tree"), ("a red car", "a blue car on a street"), ("a man", "a man with a hat")]
 
@@ -41,7 +41,7 @@ def full_size_pipeline(device: str, dtype: torch.dtype) -> Any:
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from crispedit.generate.sdxl_models import tiny_scheduler, tiny_tokenizers
+    from crispedit.sdxl.models import tiny_scheduler, tiny_tokenizers
 
     unet = UNet2DConditionModel(
         sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -110,7 +110,7 @@ def main() -> None:
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         pipe = full_size_pipeline(args.device, dtype)
     else:
-        from crispedit.generate.sdxl_models import load_pipeline
+        from crispedit.sdxl.models import load_pipeline
 
         pipe = load_pipeline("t2i", ModelSpec(id="tiny"), RunOptions(device=args.device), seed=0)
     sampler = Sampler(steps=args.steps, guidance_scale=5.0)
@@ -123,7 +123,7 @@ def main() -> None:
     prompts = [p for pair in chosen for p in pair]
 
     def bare() -> None:
-        from crispedit.generate.batching import generators
+        from crispedit.sdxl.batching import generators
 
         with torch.no_grad():
             pipe(prompt=prompts, generator=generators([i for i in range(args.pairs) for _ in range(2)]), height=side, width=side,

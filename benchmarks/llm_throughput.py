@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from crispedit.llm import LLMClient, LLMRequest, LLMSettings  # noqa: E402
+from crispedit.models.llm import LLMClient, LLMRequest, LLMSettings  # noqa: E402
 
 
 class Edit(BaseModel):

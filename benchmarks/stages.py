@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from crispedit.classical.copy import CopyStage
 from crispedit.core.stage import register_stage
-from crispedit.stages.copy import CopyStage
 
 
 @register_stage

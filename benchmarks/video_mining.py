@@ -108,7 +108,7 @@ def best_cpu(function, repeats: int) -> tuple[float, object]:
 def stage_wall(path: Path, reader_name: str, repeats: int) -> tuple[float, int]:
     from crispedit.core.sample import Sample
     from crispedit.core.stage import BuildContext
-    from crispedit.stages.video_pairs import VideoPairsParams, VideoPairsStage
+    from crispedit.video.stages.video_pairs import VideoPairsParams, VideoPairsStage
 
     stage = VideoPairsStage(VideoPairsParams(reader=reader_name), BuildContext("bench", "bench", 0))
     stage.setup()

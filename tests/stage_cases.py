@@ -66,7 +66,7 @@ def with_masks(n: int = 3) -> list[Sample]:
 
 def edited(n: int = 3) -> list[Sample]:
     from crispedit.core.stage import BuildContext
-    from crispedit.stages.instruct import InstructParams, InstructStage
+    from crispedit.instruct.stages import InstructParams, InstructStage
 
     stage = InstructStage(InstructParams(backend="template"), BuildContext("battery", "battery", 0))
     return stage([s.clone() for s in items(n)])
@@ -265,7 +265,7 @@ STAGE_CASES["refine"] = StageCase({"base_model": "tiny", "controlnet_model": "ti
 STAGE_CASES["style"] = StageCase({"base_model": "tiny", "controlnet_model": "tiny", "max_batch": 2}, pairs)
 
 
-# --- DiT4Edit (crispedit/stages/dit4edit.py): tiny PixArt/T5/VAE twins, 32-px pairs, the first one with a mask ---
+# --- DiT4Edit (crispedit/dit4edit/stages.py): tiny PixArt/T5/VAE twins, 32-px pairs, the first one with a mask ---
 STAGE_CASES["dit4edit"] = StageCase(
     {"checkpoints": [{"model": "tiny", "max_pixels": 4096}], "text_model": "tiny", "sizes": ["32x32"], "steps": 4, "merge_ratio": 0.5},
     lambda: with_masks(2)[:1] + pairs(2)[1:],

@@ -17,8 +17,8 @@ import pytest
 
 from crispedit.core.sample import Sample
 from crispedit.core.stage import BuildContext, Stage, apply_stage
-from crispedit.reference import render
-from crispedit.stages import SOURCES, STAGES
+from crispedit.recipe.catalog import SOURCES, STAGES
+from crispedit.recipe.reference import render
 from tests.conftest import REPO
 from tests.stage_cases import SOURCE_CASES, STAGE_CASES
 
@@ -122,4 +122,4 @@ def test_a_source_counts_cheaply_and_loads_any_split_alike(kind: str, tmp_path: 
 
 def test_docs_reference_is_generated_from_the_code() -> None:
     current = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
-    assert current == render(), "docs/reference.md is stale: run `python -m crispedit.reference > docs/reference.md`"
+    assert current == render(), "docs/reference.md is stale: run `python -m crispedit.recipe.reference > docs/reference.md`"

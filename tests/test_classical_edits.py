@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from crispedit.classical_edits import EDITS
+from crispedit.classical.edits import EDITS
 
 PHOTO = cv2.resize(data.coffee(), (96, 64), interpolation=cv2.INTER_AREA)
 

@@ -18,7 +18,7 @@ import pytest
 from crispedit.core.stage import StageBroken
 from crispedit.engine import build
 from crispedit.recipe import load_plan
-from crispedit.recipe_yaml import RecipeError
+from crispedit.recipe.located import RecipeError
 from tests.conftest import QUICKSTART, REPO, write_recipe
 
 BEST_OF_N = """

@@ -14,10 +14,10 @@ from skimage import data as photos
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, apply_stage
-from crispedit.dedupe import PairHash, dedupe_build, hamming, near_duplicates, phash
 from crispedit.engine import build
+from crispedit.filters.dedupe import DecontaminateParams, DecontaminateStage, DedupeParams, DedupeStage
+from crispedit.filters.phash import PairHash, dedupe_build, hamming, near_duplicates, phash
 from crispedit.recipe import load_plan
-from crispedit.stages.dedupe import DecontaminateParams, DecontaminateStage, DedupeParams, DedupeStage
 from tests.conftest import write_recipe
 
 NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")

@@ -27,7 +27,7 @@ from crispedit.dit4edit.merging import bipartite_matching, partition
 from crispedit.dit4edit.models import PIXART_SCHEDULER, tiny_pixart, tiny_pixart_transformer, tiny_t5, tiny_t5_tokenizer
 from crispedit.dit4edit.pipeline import DiT4EditPipeline, EditSettings, PromptEncoder, PromptMismatch
 from crispedit.dit4edit.solver import Sampler, Schedule, invert, rms, sample
-from crispedit.stages.dit4edit import Dit4EditParams, Dit4EditStage, fit_size
+from crispedit.dit4edit.stages import Dit4EditParams, Dit4EditStage, fit_size
 
 CPU = torch.device("cpu")
 SOURCE = "a photo of a red cat"
@@ -319,7 +319,7 @@ def test_the_recipe_builds_tiny(tmp_path) -> None:  # type: ignore[no-untyped-de
 def test_checkpoints_load_from_a_diffusers_layout_with_their_dtype(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The non-tiny path: transformer/, vae/, scheduler/, text_encoder/, tokenizer/ read by from_pretrained."""
     from crispedit.dit4edit.models import load_pixart, load_text
-    from crispedit.models import ModelSpec
+    from crispedit.models.spec import ModelSpec
 
     models, text = tiny_pixart(0), tiny_t5(1)
     models.transformer.save_pretrained(tmp_path / "transformer")

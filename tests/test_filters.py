@@ -12,12 +12,12 @@ import yaml
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, apply_stage
-from crispedit.models import ModelSpec, tiny_swap
-from crispedit.scoring import Embedder, Preprocess, directional_similarity, tiny_clip
-from crispedit.stages import STAGES
-from crispedit.stages.clip_filter import ClipFilter, ClipFilterParams
-from crispedit.stages.locality import LocalityFilter, LocalityParams, masked_l1
-from crispedit.stages.safety import SafetyFilter, SafetyParams
+from crispedit.filters.clip_filter import ClipFilter, ClipFilterParams
+from crispedit.filters.locality_filter import LocalityFilter, LocalityParams, masked_l1
+from crispedit.filters.safety_filter import SafetyFilter, SafetyParams
+from crispedit.models.clip import Embedder, Preprocess, directional_similarity, tiny_clip
+from crispedit.models.spec import ModelSpec, tiny_swap
+from crispedit.recipe.catalog import STAGES
 from tests.conftest import REPO
 
 CONTEXT = BuildContext("filters", "filters", seed=0, tiny=True)

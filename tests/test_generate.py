@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from crispedit.generate.alignment import AlignmentError, TokenMapping, global_alignment, prompt_mapping, sdxl_mapping
-from crispedit.generate.batching import generators, run_in_calls
-from crispedit.generate.blending import StepWindow, blend_pairs, latent_mask, layer_mask
-from crispedit.generate.options import RunOptions, Sampler
-from crispedit.generate.p2p import P2PAttnProcessor, P2PController, PairControl
-from crispedit.generate.text2image import Controls, PairRequest, generate, run_pairs
-from crispedit.models import ModelSpec
+from crispedit.models.spec import ModelSpec
+from crispedit.sdxl.alignment import AlignmentError, TokenMapping, global_alignment, prompt_mapping, sdxl_mapping
+from crispedit.sdxl.batching import generators, run_in_calls
+from crispedit.sdxl.blending import StepWindow, blend_pairs, latent_mask, layer_mask
+from crispedit.sdxl.options import RunOptions, Sampler
+from crispedit.sdxl.p2p import P2PAttnProcessor, P2PController, PairControl
+from crispedit.sdxl.text2image import Controls, PairRequest, generate, run_pairs
 
 SAMPLER = Sampler(steps=3, guidance_scale=5.0)
 SIDE = 64  # 8x8 latents; attention at 4x4 and 2x2
@@ -32,7 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def pipe():
-    from crispedit.generate.sdxl_models import load_pipeline
+    from crispedit.sdxl.models import load_pipeline
 
     return load_pipeline("t2i", ModelSpec(id="tiny"), RunOptions(), seed=0)
 

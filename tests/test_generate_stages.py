@@ -9,7 +9,7 @@ import torch
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, Stage, apply_stage
-from crispedit.stages import STAGES
+from crispedit.recipe.catalog import STAGES
 
 CONTEXT = BuildContext(recipe_name="gen", fingerprint="gen", seed=0, tiny=True)
 

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, TransientError
-from crispedit.edit_specs import answer_model
-from crispedit.stages.instruct import InstructParams, InstructStage
-from crispedit.stages.source_text import CaptionsParams, CaptionsSource, EmptyParams, EmptySource
-from crispedit.taxonomies import BUILTIN, load_taxonomy, load_vocabulary
+from crispedit.instruct.specs import answer_model
+from crispedit.instruct.stages import InstructParams, InstructStage
+from crispedit.instruct.taxonomies import BUILTIN, load_taxonomy, load_vocabulary
+from crispedit.sources.text import CaptionsParams, CaptionsSource, EmptyParams, EmptySource
 from tests.conftest import write_recipe
 from tests.llm_server import LLMServer
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, TransientError, apply_stage
-from crispedit.stages.judge import JudgeParams, JudgeStage
+from crispedit.filters.judge import JudgeParams, JudgeStage
 from tests.llm_server import LLMServer, request_schema
 
 #: What the scripted judge answers, by the instruction it reads: (success, over-editing, naturalness, artifacts).

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crispedit.core.stage import TransientError
-from crispedit.llm import LLMClient, LLMConfigError, LLMRequest, LLMSettings
+from crispedit.models.llm import LLMClient, LLMConfigError, LLMRequest, LLMSettings
 from tests.llm_server import LLMServer
 
 KEY_ENV = "CRISPEDIT_TEST_LLM_KEY"
@@ -264,7 +264,7 @@ def test_the_client_pickles_without_its_connections(server: LLMServer, make_clie
 def test_a_token_budget_makes_a_big_request_wait_for_what_it_overdrew() -> None:
     import asyncio
 
-    from crispedit.llm import _Bucket
+    from crispedit.models.llm import _Bucket
 
     async def timed() -> tuple[float, float]:
         bucket = _Bucket(60_000)  # 1,000 tokens a second, a bucket of one second's worth

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crispedit.models import TWINS, ModelSpec, load_model, register_twin, tiny_swap
+from crispedit.models.spec import TWINS, ModelSpec, load_model, register_twin, tiny_swap
 from crispedit.recipe import load_plan
 from tests.conftest import write_recipe
 

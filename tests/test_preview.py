@@ -22,7 +22,7 @@ import pyarrow as pa
 import pytest
 
 from crispedit.cli import main
-from crispedit.preview import stratified_sample, write_preview
+from crispedit.publish.preview import stratified_sample, write_preview
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "img" / "preview.png"

@@ -20,7 +20,7 @@ import pytest
 
 from crispedit.cli import main
 from crispedit.core.hub_parquet import hub_shape_problems, row_group_sizes, write_hub_parquet
-from crispedit.publish import PublishError, RetryPolicy, copy_tree, plan_tree, upload_tree
+from crispedit.publish.hub import PublishError, RetryPolicy, copy_tree, plan_tree, upload_tree
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub  # noqa: E402
@@ -289,7 +289,7 @@ def test_rejects_with_image_and_score_columns(build: Path, tmp_path: Path) -> No
     text = (target / "README.md").read_text()
     assert "| `source_image` | Image |" in text.split("### `rejects`")[1]
 
-    from crispedit.preview import write_preview
+    from crispedit.publish.preview import write_preview
 
     preview = write_preview(build, pairs=3)
     page = json.loads((preview.folder / "data.js").read_text().removeprefix("window.CRISPEDIT_PREVIEW = ").rstrip().rstrip(";"))
@@ -298,8 +298,8 @@ def test_rejects_with_image_and_score_columns(build: Path, tmp_path: Path) -> No
 
 
 def test_citations_follow_the_configured_stages(build: Path) -> None:
-    from crispedit.build_info import StageInfo, read_build
-    from crispedit.card import cited_methods
+    from crispedit.ops.build_info import StageInfo, read_build
+    from crispedit.publish.card import cited_methods
 
     info = read_build(build)
     assert [m.name for m in cited_methods(info)] == ["EditMGT"]  # the quickstart's crispedit2m taxonomy

@@ -10,8 +10,8 @@ import pytest
 
 from crispedit.cli import main
 from crispedit.engine import build
+from crispedit.ops.refilter import RefilterError, refilter
 from crispedit.recipe import load_plan
-from crispedit.refilter import RefilterError, refilter
 from tests.conftest import write_recipe
 
 RECIPE = """

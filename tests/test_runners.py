@@ -86,7 +86,7 @@ def test_a_filter_skips_filter_rejects_that_lack_what_it_reads() -> None:
     """A filter placed before the generator rejects samples with no target yet; a later filter
     scores the rejects that have its inputs and leaves the others alone instead of crashing."""
     from crispedit.core.stage import BuildContext
-    from crispedit.stages.pixel_change import PixelChangeFilter, PixelChangeParams
+    from crispedit.filters.pixel_change import PixelChangeFilter, PixelChangeParams
 
     image = np.zeros((4, 4, 3), np.uint8)
     early = Sample(id="a", index=0, source_ref="a", source_image=image)

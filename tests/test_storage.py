@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from s3_server import S3, s3  # noqa: F401  (the fixture)
 
-from crispedit.cluster import UnreachableOutputError, check_output_reachable
 from crispedit.core.paths import UnsafePathError
 from crispedit.core.storage import TMP_PREFIX, Output, open_input, relative_key
+from crispedit.engine.cluster import UnreachableOutputError, check_output_reachable
 
 
 def exercise(out: Output) -> None:

@@ -26,11 +26,11 @@ import pytest
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, TransientError, apply_stage
-from crispedit.stages.source_videos import VideosParams, VideosSource
-from crispedit.stages.video_caption import VideoCaptionParams, VideoCaptionStage
-from crispedit.stages.video_pairs import SCORE_COLUMNS, VideoPairsParams, VideoPairsStage
 from crispedit.video import demo
 from crispedit.video.readers import PyAVReader, register_reader
+from crispedit.video.stages.video_caption import VideoCaptionParams, VideoCaptionStage
+from crispedit.video.stages.video_pairs import SCORE_COLUMNS, VideoPairsParams, VideoPairsStage
+from crispedit.video.stages.videos import VideosParams, VideosSource
 from tests.conftest import REPO
 from tests.llm_server import LLMServer, schema_answer
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crispedit.masks.twins import TINY_WORDS, seeded
-from crispedit.models import ModelSpec, load_model, register_twin
+from crispedit.models.spec import ModelSpec, load_model, register_twin
 
 #: PixArt's scheduler, as its checkpoints ship it (scheduler/scheduler_config.json of
 #: PixArt-alpha/PixArt-XL-2-1024-MS and PixArt-Sigma-XL-2-1024-MS); the twins use it too.

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from crispedit.models import register_twin
+from crispedit.models.spec import register_twin
 
 #: Whole words the tiny tokenizers know, so common keywords are single tokens and the rest
 #: fall back to several sub-word tokens (which the tests need: multi-token words).

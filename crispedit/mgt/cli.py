@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llm(args: argparse.Namespace):  # noqa: ANN202 - crispedit.llm.LLMSettings, imported lazily
+def _llm(args: argparse.Namespace):  # noqa: ANN202 - crispedit.models.llm.LLMSettings, imported lazily
     if not args.llm_base_url:
         return None
     if not args.llm_model:

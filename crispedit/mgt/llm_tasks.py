@@ -1,7 +1,7 @@
 """Task prediction for `crispedit edit`: which of the model's task categories an instruction is.
 
 Emu Edit predicts the task of an instruction with a language model before editing. Here the
-project's LLM client (crispedit/llm.py: any OpenAI-compatible endpoint, structured output,
+project's LLM client (crispedit/models/llm.py: any OpenAI-compatible endpoint, structured output,
 cache, retries) answers with a pydantic model whose `task` is a Literal of the checkpoint's
 task vocabulary, so an answer outside it is rejected and retried by the client, never guessed.
 Imported lazily: nothing here loads unless an endpoint is configured.
@@ -39,7 +39,7 @@ def task_request_messages(instruction: str, vocabulary: tuple[str, ...]) -> list
 def predict_tasks(instructions: list[str], vocabulary: tuple[str, ...], settings: Any, cache_dir: str | Path
                   ) -> list[tuple[str | None, str | None]]:
     """(task, error) per instruction, through the project's LLM client; task None when it failed."""
-    from crispedit.llm import LLMClient, LLMRequest
+    from crispedit.models.llm import LLMClient, LLMRequest
 
     answer = task_answer_model(vocabulary)
     client = LLMClient(settings, Path(cache_dir), "edit-task")
@@ -54,7 +54,7 @@ def predict_tasks(instructions: list[str], vocabulary: tuple[str, ...], settings
 def llm_settings(base_url: str, model: str, api_key_env: str | None = None) -> Any:
     """LLMSettings from the CLI flags. The key itself is read from the named variable by the
     client; unset means LLMSettings' default variable, "none" a keyless local server."""
-    from crispedit.llm import LLMSettings
+    from crispedit.models.llm import LLMSettings
 
     fields: dict[str, Any] = {"base_url": base_url, "model": model}
     if api_key_env:

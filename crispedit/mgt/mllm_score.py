@@ -63,12 +63,12 @@ class MLLMScorer:
     """Scores a list of edits in one `ask_many` call (the client bounds concurrency and caches)."""
 
     def __init__(self, settings: Any, cache_dir: str | Path) -> None:
-        from crispedit.llm import LLMClient
+        from crispedit.models.llm import LLMClient
 
         self.client = LLMClient(settings, Path(cache_dir), "eval-mllm")
 
     def score(self, items: list[tuple[Image.Image, Image.Image, str]]) -> list[dict[str, float | None | str]]:
-        from crispedit.llm import LLMRequest
+        from crispedit.models.llm import LLMRequest
 
         requests = [LLMRequest(messages=judgement_messages(s, e, i), schema=EditJudgement) for s, e, i in items]
         out: list[dict[str, float | None | str]] = []

@@ -1,41 +1,11 @@
-"""Every built-in stage and source kind, registered on import."""
+"""The stage contract under its old import path, for ``plugins:`` modules written against it.
 
-from crispedit.core.stage import (
-    STAGES,
-    BuildContext,
-    Stage,
-    StageParams,
-    register_stage,
-)
-from crispedit.stages import (  # noqa: F401
-    classical,
-    clip_filter,
-    copy,
-    dedupe,
-    dit4edit,
-    generate_inpaint,
-    generate_p2p,
-    generate_refine,
-    generate_source,
-    generate_style,
-    ground,
-    instruct,
-    judge,
-    locality,
-    mask_filter,
-    pixel_change,
-    pixel_threshold,
-    safety,
-    select,
-    source,
-    source_hf,
-    source_parquet,
-    source_text,
-    source_videos,
-    source_webdataset,
-    video_caption,
-    video_pairs,
-)
-from crispedit.stages.source import SOURCES, Source, register_source
+It re-exports ``crispedit.core`` and imports no stage kind: the built-in kinds are listed
+in ``crispedit.recipe.catalog``. New code imports ``crispedit.core.stage`` and
+``crispedit.core.source`` directly.
+"""
 
-__all__ = ["SOURCES", "STAGES", "BuildContext", "Source", "Stage", "StageParams", "register_source", "register_stage"]
+from crispedit.core.stage import STAGES, BuildContext, FilterStage, Resources, Stage, StageParams, register_stage
+from crispedit.sources.images import SOURCES, Source, register_source
+
+__all__ = ["SOURCES", "STAGES", "BuildContext", "FilterStage", "Resources", "Source", "Stage", "StageParams", "register_source", "register_stage"]

@@ -9,17 +9,17 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from crispedit.masks.attention_store import (
+from crispedit.masks.twins import (
+    tiny_clip_tokenizer,
+    tiny_sdxl_unet,
+    write_tiny_clip_vocab,
+)
+from crispedit.sdxl.attention_store import (
     AttentionStore,
     KeywordNotInPrompt,
     keyword_mask,
     keyword_token_indices,
     sdxl_keyword_indices,
-)
-from crispedit.masks.twins import (
-    tiny_clip_tokenizer,
-    tiny_sdxl_unet,
-    write_tiny_clip_vocab,
 )
 
 TOKENS = 10  # text length of the fake encoder states

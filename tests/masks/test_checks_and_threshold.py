@@ -13,8 +13,8 @@ from crispedit.masks.pixel_threshold import (
     threshold_chain,
     threshold_pixels,
 )
-from crispedit.stages.mask_filter import MaskFilter, MaskFilterParams
-from crispedit.stages.pixel_threshold import PixelThreshold, PixelThresholdParams
+from crispedit.masks.stages.mask_filter import MaskFilter, MaskFilterParams
+from crispedit.masks.stages.pixel_threshold import PixelThreshold, PixelThresholdParams
 
 CONTEXT = BuildContext(recipe_name="t", fingerprint="f", seed=0)
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from crispedit.core.sample import Sample
 from crispedit.core.stage import BuildContext, apply_stage, stage_stats
 from crispedit.masks import soft
-from crispedit.stages.ground import GroundParams, GroundStage
+from crispedit.masks.stages.ground import GroundParams, GroundStage
 
 CONTEXT = BuildContext(recipe_name="ground-test", fingerprint="f" * 16, seed=7, tiny=True)
 

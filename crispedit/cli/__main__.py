@@ -1,0 +1,5 @@
+import sys
+
+from crispedit.cli import main
+
+sys.exit(main())

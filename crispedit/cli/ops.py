@@ -1,0 +1,71 @@
+"""``crispedit refilter`` and ``crispedit dedupe``: new committed datasets from a finished build, no models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    refilter = commands.add_parser(
+        "refilter",
+        help="re-apply filter thresholds to a build's kept scores and write a new dataset (no model, no image re-encoded)",
+        description="Decides every data row, and every filter reject that kept its images, again with the parameters of "
+        "--filters; loosening brings rejects back, tightening drops rows. Same input, same filters: the same bytes.",
+    )
+    refilter.add_argument("out", help="the build's output directory (or URL)")
+    refilter.add_argument("--filters", type=Path, required=True, help="a filter chain file, e.g. filters/ip2p.yaml")
+    refilter.add_argument("--to", required=True, help="where to write the new dataset")
+    refilter.add_argument("--overwrite", action="store_true", help="replace a different dataset at --to")
+    refilter.add_argument("--no-plots", action="store_true", help="skip the score histograms")
+    refilter.add_argument("--json", action="store_true", help="print the report as JSON")
+    refilter.set_defaults(func=_refilter)
+
+    dedupe = commands.add_parser(
+        "dedupe",
+        help="move near-duplicate pairs (pHash of source and target) of a whole build to the rejects, in a new dataset",
+        description="Across shards, in build order: the first copy survives. Hashes come from the dedupe stage's provenance, "
+        "or from the images when the build did not run it.",
+    )
+    dedupe.add_argument("out", help="the build's output directory (or URL)")
+    dedupe.add_argument("--to", required=True, help="where to write the new dataset")
+    dedupe.add_argument("--max-distance", type=int, default=4, help="bits of pHash (of 64) within which two pairs are copies (default 4)")
+    dedupe.add_argument("--overwrite", action="store_true", help="replace a different dataset at --to")
+    dedupe.add_argument("--json", action="store_true", help="print the report as JSON")
+    dedupe.set_defaults(func=_dedupe)
+
+
+def _refilter(args: argparse.Namespace) -> int:
+    from crispedit.ops.refilter import RefilterError, refilter
+
+    try:
+        report = refilter(args.out, args.filters, args.to, overwrite=args.overwrite, plots=not args.no_plots)
+    except (RefilterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print(report, args.json)
+    return 0
+
+
+def _dedupe(args: argparse.Namespace) -> int:
+    from crispedit.filters.phash import dedupe_build
+    from crispedit.ops.refilter import RefilterError
+
+    try:
+        report = dedupe_build(args.out, args.to, args.max_distance, overwrite=args.overwrite)
+    except (RefilterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print(report, args.json)
+    return 0
+
+
+def _print(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"{report['out']}: {report['rows']} rows, {report['rejects']} rejects in {report['shards']} shards "
+          f"({report['restored']} restored, {report['dropped']} dropped)")

@@ -1,0 +1,284 @@
+"""Perceptual hashes, near-duplicate search, and the image sets they are searched in.
+
+A pHash (imagehash: 32x32 grey, DCT, the 8x8 low frequencies against their median) is 64
+bits that survive resizing and JPEG recompression: copies land a few bits apart, unrelated
+photos about 32. Three uses, one representation (unsigned 64-bit ints, Hamming distance by
+XOR and popcount, brute force over numpy arrays, which is fast for benchmark-sized sets):
+
+* ``dedupe`` stage: the pair's hashes (kept in provenance, hex) and the distance to the
+  nearest pair of earlier builds given by path;
+* ``decontaminate`` stage: the distance from the source to the nearest image of declared
+  benchmark sets (an image folder, Parquet files, or a Hugging Face dataset);
+* ``crispedit dedupe OUT --to NEW``: near-duplicate pairs *within* a build, across shards,
+  which no per-shard stage can see (see :func:`dedupe_build`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("crispedit")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def phash(image: np.ndarray | Image.Image) -> int:
+    """The 64-bit perceptual hash (imagehash.phash, hash_size 8) of an RGB array or a PIL image."""
+    import imagehash
+
+    picture = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    return int(str(imagehash.phash(picture.convert("RGB"))), 16)
+
+
+def to_hex(value: int) -> str:
+    return f"{value:016x}"
+
+
+def from_hex(text: str) -> int:
+    return int(text, 16)
+
+
+def hamming(a: int, b: int) -> int:
+    return int((a ^ b).bit_count())
+
+
+def distances(query: int, hashes: np.ndarray) -> np.ndarray:
+    """Hamming distance from one hash to every hash of a uint64 array."""
+    return np.bitwise_count(hashes ^ np.uint64(query)).astype(np.int64)
+
+
+@dataclass
+class HashIndex:
+    """Hashes of a set of images, each with a reference a person can find the image by."""
+
+    name: str
+    hashes: np.ndarray  # uint64
+    refs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def nearest(self, query: int) -> tuple[int, str] | None:
+        """(distance, reference) of the closest image; ties go to the first in the set's order."""
+        if len(self.refs) == 0:
+            return None
+        d = distances(query, self.hashes)
+        best = int(np.argmin(d))
+        return int(d[best]), self.refs[best]
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "hashes": [to_hex(int(h)) for h in self.hashes], "refs": self.refs})
+
+    @classmethod
+    def from_json(cls, text: str) -> HashIndex:
+        data = json.loads(text)
+        return cls(data["name"], np.array([from_hex(h) for h in data["hashes"]], dtype=np.uint64), list(data["refs"]))
+
+    @classmethod
+    def of(cls, name: str, items: Iterable[tuple[str, Image.Image | np.ndarray]]) -> HashIndex:
+        refs, hashes = [], []
+        for ref, image in items:
+            refs.append(ref)
+            hashes.append(phash(image))
+        return cls(name, np.array(hashes, dtype=np.uint64), refs)
+
+
+# --- image sets ------------------------------------------------------------------------------
+
+
+def folder_images(folder: Path) -> Iterator[tuple[str, Image.Image]]:
+    """Every image under a folder, in sorted path order, referenced by its relative path."""
+    for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        try:
+            with Image.open(path) as image:
+                image.load()
+                yield path.relative_to(folder).as_posix(), image
+        except OSError as error:
+            log.warning("skipping %s: %s", path, error)
+
+
+def _decode(cell: Any) -> Image.Image | None:
+    """An image cell of Parquet or ``datasets``: a PIL image, {bytes, path}, or raw bytes."""
+    if cell is None:
+        return None
+    if isinstance(cell, Image.Image):
+        return cell
+    if isinstance(cell, dict):
+        cell = cell.get("bytes")
+    if isinstance(cell, bytes | bytearray):
+        with Image.open(io.BytesIO(cell)) as image:
+            image.load()
+            return image
+    return None
+
+
+def parquet_images(path: Path, column: str, ref_column: str | None = None) -> Iterator[tuple[str, Image.Image]]:
+    """Images of one column of a Parquet file (or of every ``*.parquet`` under a folder), batch by batch."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(path).rglob("*.parquet")) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        handle = pq.ParquetFile(file)
+        columns = [column] + ([ref_column] if ref_column else [])
+        row = 0
+        for batch in handle.iter_batches(columns=columns, batch_size=256):
+            cells = batch.column(column).to_pylist()
+            refs = batch.column(ref_column).to_pylist() if ref_column else [None] * len(cells)
+            for cell, ref in zip(cells, refs, strict=True):
+                image = _decode(cell)
+                if image is not None:
+                    yield str(ref) if ref is not None else f"{file.name}#{row}", image
+                row += 1
+
+
+def hf_images(name: str, split: str, column: str, revision: str | None = None,
+              ref_column: str | None = None) -> Iterator[tuple[str, Image.Image]]:
+    """Images of a Hugging Face dataset: a hub id (``load_dataset``) or a ``save_to_disk`` folder."""
+    from datasets import load_dataset, load_from_disk
+
+    if Path(name).is_dir() and (Path(name) / "dataset_info.json").exists() or (Path(name) / "dataset_dict.json").exists():
+        loaded = load_from_disk(name)
+        dataset = loaded[split] if hasattr(loaded, "keys") else loaded
+    else:
+        dataset = load_dataset(name, split=split, revision=revision)
+    for i, record in enumerate(dataset):
+        image = _decode(record[column])
+        if image is not None:
+            ref = record.get(ref_column) if ref_column else None
+            yield f"{name}[{split}]#{ref if ref is not None else i}", image
+
+
+# --- within a build --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairHash:
+    """The hashes of one row's source and target (either may be missing)."""
+
+    source: int | None
+    target: int | None
+
+
+def pair_distance(a: PairHash, b: PairHash) -> int | None:
+    """How far two pairs are: the larger of the source and target distances (both must exist)."""
+    if None in (a.source, b.source, a.target, b.target):
+        return None
+    return max(hamming(a.source, b.source), hamming(a.target, b.target))  # type: ignore[arg-type]
+
+
+def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
+    """Which rows to drop: row id -> (id of the row it copies, distance).
+
+    ``rows`` are (order key, id, hashes) of a whole build. Rows are taken in build order
+    (item index, then child position: the order key), and a row is dropped when a row kept
+    before it is within ``max_distance`` on both its source and its target hash. So the
+    first copy survives, whichever shard or runner produced it, and no two survivors are
+    near-duplicates. Candidates come from exact matches on 4 bands of 16 bits of the source
+    hash (pigeonhole: two hashes within 3 bits share a band); beyond 3 bits every kept row
+    is compared, vectorised.
+    """
+    ordered = sorted(rows, key=lambda r: (r[0], r[1]))
+    kept_src: list[int] = []
+    kept_tgt: list[int] = []
+    kept_ids: list[str] = []
+    bands: list[dict[int, list[int]]] = [{} for _ in range(4)]
+    dropped: dict[str, tuple[str, int]] = {}
+    use_bands = max_distance <= 3
+    for _, row_id, pair in ordered:
+        if pair.source is None or pair.target is None:
+            continue
+        if use_bands:
+            candidates = sorted({k for b in range(4) for k in bands[b].get((pair.source >> (16 * b)) & 0xFFFF, [])})
+        else:
+            candidates = range(len(kept_ids))
+        match = None
+        if len(candidates):
+            index = np.fromiter(candidates, dtype=np.int64)
+            src = np.bitwise_count(np.array(kept_src, dtype=np.uint64)[index] ^ np.uint64(pair.source))
+            tgt = np.bitwise_count(np.array(kept_tgt, dtype=np.uint64)[index] ^ np.uint64(pair.target))
+            both = np.maximum(src, tgt)
+            hits = np.nonzero(both <= max_distance)[0]
+            if hits.size:
+                first = int(hits[0])  # the earliest kept row (candidates are in keep order)
+                match = (kept_ids[int(index[first])], int(both[first]))
+        if match is not None:
+            dropped[row_id] = match
+            continue
+        position = len(kept_ids)
+        kept_ids.append(row_id)
+        kept_src.append(pair.source)
+        kept_tgt.append(pair.target)
+        if use_bands:
+            for b in range(4):
+                bands[b].setdefault((pair.source >> (16 * b)) & 0xFFFF, []).append(position)
+    return dropped
+
+
+def row_hashes(provenance: str | None, source_cell: Any, target_cell: Any) -> PairHash:
+    """A data row's pair hashes: from ``provenance.phash`` when the dedupe stage ran, else from the image bytes."""
+    recorded = {}
+    if provenance:
+        try:
+            recorded = json.loads(provenance).get("phash") or {}
+        except ValueError:
+            recorded = {}
+    values = []
+    for role, cell in (("source", source_cell), ("target", target_cell)):
+        if recorded.get(role):
+            values.append(from_hex(recorded[role]))
+        else:
+            image = _decode(cell)
+            values.append(phash(image) if image is not None else None)
+    return PairHash(*values)
+
+
+def build_pairs(out: str | Path) -> list[tuple[str, str, PairHash]]:
+    """(order key, id, hashes) of every data row of a committed build (hashes of earlier builds)."""
+    from crispedit.ops.refilter import BuildReader
+
+    reader = BuildReader(out)
+    rows: list[tuple[str, str, PairHash]] = []
+    for shard in reader.shards():
+        data = reader.data_table(shard)
+        keys = reader.order_keys(shard, data.column("id").to_pylist(), data.column("parent_id").to_pylist())
+        provenance = data.column("provenance").to_pylist()
+        sources, targets = data.column("source_image").to_pylist(), data.column("target_image").to_pylist()
+        for key, row_id, prov, src, tgt in zip(keys, data.column("id").to_pylist(), provenance, sources, targets, strict=True):
+            rows.append((key, row_id, row_hashes(prov, src, tgt)))
+    return rows
+
+
+def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwrite: bool = False) -> dict[str, Any]:
+    """Write ``dst``: ``src`` with near-duplicate pairs moved to the rejects (stage ``dedupe``).
+
+    A post-build pass because a stage sees one shard's batch and a duplicate may sit in
+    another shard. It reads the committed data rows' hashes (provenance, or the image
+    bytes), picks drops with :func:`near_duplicates`, and writes through the same shard
+    writer and commit protocol as ``refilter``: images copied byte for byte, rows in build
+    order, the same bytes on every run.
+    """
+    from crispedit.ops.refilter import Verdict, rewrite_build
+
+    dropped = near_duplicates(build_pairs(src), max_distance)
+
+    def verdict(row: dict[str, Any]) -> Verdict | None:
+        if row["reason"] is not None or row["id"] not in dropped:
+            return None
+        copy_of, distance = dropped[row["id"]]
+        return Verdict("dedupe", f"duplicate: within {distance} bits of row {copy_of} (pHash of source and target)")
+
+    report = rewrite_build(src, dst, verdict, overwrite=overwrite, note={"dedupe": {"max_distance": max_distance, "dropped": len(dropped)}})
+    report["dropped"] = len(dropped)
+    from crispedit.ops.histograms import write_histograms
+
+    report["plots"] = sorted(str(p) for p in write_histograms(dst).values())
+    return report

@@ -1,0 +1,1 @@
+"""Instruction synthesis: the ``instruct`` stage, edit specifications, prompts and taxonomies (docs/instruct.md)."""

@@ -1,0 +1,368 @@
+"""The recipe: one YAML file that describes a whole build, validated before anything heavy starts.
+
+Validation is two-level: the top-level schema here, then each source and stage entry
+against the ``Params`` model its kind registered. Every problem is reported with the file,
+the line and the key path, all at once, so a user fixes a recipe in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from crispedit.core.paths import UnsafePathError, contained
+from crispedit.core.sample import digest
+from crispedit.core.storage import is_url
+from crispedit.models.spec import tiny_swap
+from crispedit.recipe.located import (
+    KeyPath,
+    LocatedYaml,
+    Problem,
+    RecipeError,
+    load_located,
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutputSpec(Strict):
+    """Where and how shards are written."""
+
+    root: Path = Field(Path("."), description="`dir` must resolve inside it; a recipe cannot write elsewhere")
+    dir: str = Field(description="the output directory, relative to `root`, or an object-store URL (s3://bucket/prefix, gs://...); `--out` replaces it")
+    shared: bool = Field(False, description="the local `dir` is on storage every node of a Ray cluster mounts (NFS, Lustre): allow it on a multi-node cluster")
+    shard_size: PositiveInt = Field(256, description="source items per shard; shard names come from their item range")
+    image_format: Literal["png", "webp", "jpeg"] = Field("png", description="encoding of images in the shards (masks stay PNG)")
+    quality: int = Field(95, ge=1, le=100, description="JPEG quality; WebP is lossless at 100, lossy below")
+    png_compression: int = Field(3, ge=0, le=9, description="zlib level for PNG (3 is about as small as 9 on photos, and faster)")
+    reject_images: bool = Field(True, description="keep the images of rejected samples in rejects/ (so refilter can restore them)")
+
+
+class StageResources(Strict):
+    """How Ray places one stage. Unset fields fall back to what the stage class declares."""
+
+    num_cpus: float | None = Field(None, ge=0, description="CPUs per task or actor (default: the stage's declaration)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; fractions share a GPU (default: the stage's declaration)")
+    memory_gb: float | None = Field(None, gt=0, description="memory Ray reserves per task or actor, in GiB")
+    batch_size: PositiveInt | None = Field(None, description="samples per call of the stage (default: the stage's declaration)")
+    concurrency: PositiveInt | None = Field(None, description="a fixed number of actors for a model stage")
+    min_actors: PositiveInt | None = Field(None, description="autoscaling actor pool: at least this many actors")
+    max_actors: PositiveInt | None = Field(None, description="autoscaling actor pool: at most this many actors")
+
+    @model_validator(mode="after")
+    def _pool(self) -> StageResources:
+        if self.concurrency is not None and (self.min_actors is not None or self.max_actors is not None):
+            raise ValueError("give either concurrency (a fixed pool) or min_actors/max_actors (an autoscaling one)")
+        if self.min_actors is not None and self.max_actors is not None and self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) is above max_actors ({self.max_actors})")
+        return self
+
+
+class ExecutionSpec(Strict):
+    """Where the build runs: Ray (local or a cluster) or in-process for debugging."""
+
+    runner: Literal["ray", "local"] = Field("ray", description="`local` runs the same stage classes in-process, for debugging")
+    address: str | None = Field(None, description="a Ray cluster to join (`auto`, `ray://host:10001`); else Ray starts locally")
+    num_cpus: PositiveInt | None = Field(None, description="CPUs of a locally started Ray (default: all)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs of a locally started Ray (default: all)")
+    breaker_min_failures: PositiveInt = Field(3, description="the breaker needs at least this many failures of one exception type")
+    breaker_fraction: float = Field(0.5, gt=0, le=1, description="...on at least this fraction of a batch, to stop the build")
+    stages: dict[str, StageResources] = Field(default_factory=dict, description="per-stage placement, keyed by stage name")
+
+
+class Entry(BaseModel):
+    """A source or stage entry: its kind, an optional unique name, and the kind's parameters."""
+
+    kind: str
+    name: str
+    params: Any
+    origin: str
+    line: int | None
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the build's name (letters, digits, `.`, `_`, `-`); part of the fingerprint")
+    description: str = Field("", description="free text; the dataset card's summary")
+    license: str | None = Field(None, description="the dataset's licence (an SPDX id such as `cc-by-4.0`), for the dataset card")
+    seed: int = Field(0, description="root of every per-item seed; part of the fingerprint")
+    output: OutputSpec = Field(description="where and how shards are written (below)")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="where the build runs (below)")
+    source: dict[str, Any] = Field(description="where items come from: a mapping with `kind:` (source kinds below)")
+    stages: list[dict[str, Any]] = Field(default_factory=list, description="run in order on every item: mappings with `kind:` (stage kinds below), or `include: CHAIN`")
+    filters: list[str] = Field(default_factory=list, description="filter chains from `filters/NAME.yaml`, appended after `stages`")
+    plugins: list[str] = Field(default_factory=list, description="Python modules to import first; they register stage and source kinds of their own")
+
+
+class BuildPlan(BaseModel):
+    """A validated recipe, ready to run: entries resolved, filter chains expanded."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recipe: Recipe
+    file: str
+    recipe_dir: Path
+    source: Entry
+    stages: list[Entry]
+    tiny: bool
+    #: A resolved local directory or an object-store URL.
+    output_dir: str
+    fingerprint: str
+    #: Where LLM answers and other per-request caches live; shared by ``--until`` previews.
+    cache_root: Path | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        """Always a local directory: next to a local output, or per build in the working directory."""
+        if self.cache_root is not None:
+            return self.cache_root
+        if is_url(self.output_dir):
+            return Path(".crispedit-cache") / f"{self.recipe.name}-{self.fingerprint}"
+        return Path(self.output_dir) / ".cache"
+
+
+def load_plan(
+    path: str | os.PathLike[str],
+    *,
+    tiny: bool = False,
+    out: str | os.PathLike[str] | None = None,
+) -> BuildPlan:
+    """Read, validate and resolve a recipe. Raises RecipeError naming every problem."""
+    from crispedit.recipe.catalog import SOURCES, STAGES  # registers every built-in kind
+
+    recipe_path = Path(path)
+    doc = load_located(recipe_path)
+    if not isinstance(doc.data, dict):
+        raise RecipeError([doc.problem((), "a recipe is a mapping with name, output, source and stages")])
+    data = tiny_swap(doc.data) if tiny else doc.data
+    problems: list[Problem] = []
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_problems(doc, (), error)) from None
+    plugin_problems = import_plugins(recipe.plugins)
+    if plugin_problems:
+        raise RecipeError([doc.problem(("plugins", i), message) for i, message in plugin_problems])
+
+    source = _entry(doc, ("source",), recipe.source, SOURCES, problems)
+    entries: list[tuple[LocatedYaml, KeyPath, dict[str, Any]]] = []
+
+    def include(path: KeyPath, name: Any) -> None:
+        chain = _filter_chain(doc, path, name, recipe_path.parent, problems)
+        if chain is not None:
+            chain_data = tiny_swap(chain.data) if tiny else chain.data
+            entries.extend((chain, ("stages", j), raw) for j, raw in enumerate(chain_data["stages"]))
+
+    for i, raw in enumerate(recipe.stages):
+        if isinstance(raw, dict) and "include" in raw:  # a filter chain in the middle of the stages
+            extra = sorted(set(raw) - {"include"})
+            if extra:
+                problems.append(doc.problem(("stages", i, extra[0]), "an `include:` entry has no other keys"))
+            include(("stages", i, "include"), raw["include"])
+        else:
+            entries.append((doc, ("stages", i), raw))
+    for i, name in enumerate(recipe.filters):
+        include(("filters", i), name)
+    stages = [_entry(d, p, raw, STAGES, problems) for d, p, raw in entries]
+    if source is not None and all(s is not None for s in stages):
+        problems += _check_data_flow(source, [s for s in stages if s is not None], SOURCES, STAGES)
+
+    names = [s.name for s in stages if s is not None]
+    for s in stages:
+        if s is not None and names.count(s.name) > 1:
+            problems.append(Problem(s.origin, s.line, (), f"two stages are named {s.name!r}; give one a `name:`"))
+    for key in recipe.execution.stages:
+        if key not in names and key not in ("source", "write"):
+            problems.append(
+                doc.problem(("execution", "stages", key), f"no stage is named {key!r} (stages: {', '.join(names)})")
+            )
+
+    # A recipe may come from anyone, so its output.dir must stay inside output.root; a
+    # directory typed on the command line (``out``) is the user's own choice and is taken as is.
+    output_dir: str | None = None
+    try:
+        if out is not None:  # a URL is taken as is; a local path as the user typed it, resolved
+            output_dir = str(out) if is_url(str(out)) else str(Path(out).resolve())
+        elif is_url(recipe.output.dir):
+            output_dir = recipe.output.dir.rstrip("/")
+        else:
+            output_dir = str(contained(recipe.output.root, recipe.output.dir))
+    except UnsafePathError as error:
+        problems.append(doc.problem(("output", "dir"), f"refused: {error}; output.dir must stay inside output.root"))
+
+    if problems or source is None or output_dir is None or any(s is None for s in stages):
+        raise RecipeError(problems)
+    resolved = [s for s in stages if s is not None]
+    return BuildPlan(
+        recipe=recipe,
+        file=str(recipe_path),
+        recipe_dir=recipe_path.parent,
+        source=source,
+        stages=resolved,
+        tiny=tiny,
+        output_dir=output_dir,
+        fingerprint=fingerprint(recipe, source, resolved),
+    )
+
+
+def _check_data_flow(source: Entry, stages: list[Entry], sources: dict[str, Any], registry: dict[str, Any]) -> list[Problem]:
+    """Each stage's declared inputs must come from the source or an earlier stage, named at the stage's line."""
+    from crispedit.core.stage import BuildContext
+
+    context = BuildContext(recipe_name="validate", fingerprint="", seed=0)
+    available = set(sources[source.kind](source.params, context).outputs())
+    problems = []
+    for entry in stages:
+        stage = registry[entry.kind](entry.params, context, name=entry.name)
+        missing = sorted(stage.inputs() - available)
+        if missing:
+            have = ", ".join(sorted(available)) or "nothing"
+            problems.append(Problem(
+                entry.origin, entry.line, (),
+                f"stage {entry.name!r} needs {', '.join(missing)}, which neither the source nor an earlier stage provides (available: {have})",
+            ))
+        available |= stage.outputs() | {f"score.{c}" for c in stage.score_columns()}
+    return problems
+
+
+def import_plugins(modules: list[str]) -> list[tuple[int, str]]:
+    """Import the modules a recipe names, which register their own stage and source kinds."""
+    import importlib
+
+    problems = []
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # any failure to import is the recipe's problem, reported at its line
+            problems.append((i, f"cannot import plugin {module!r}: {type(error).__name__}: {error}"))
+    return problems
+
+
+def plan_until(plan: BuildPlan, stage: str) -> BuildPlan:
+    """The stages up to and including ``stage``, written to OUT/until/STAGE.
+
+    The fingerprint (hence every id and seed) and the cache stay the full build's, so a
+    later full build answers the same requests from the cache.
+    """
+    names = [s.name for s in plan.stages]
+    if stage not in names:
+        raise ValueError(f"no stage is named {stage!r} (stages: {', '.join(names)})")
+    return plan.model_copy(update={
+        "stages": plan.stages[: names.index(stage) + 1],
+        "output_dir": f"{plan.output_dir.rstrip('/')}/until/{stage}",
+        "cache_root": plan.cache_dir,
+    })
+
+
+def freeze_plan(plan: BuildPlan) -> str:
+    """A plan as a small JSON string: what Ray actors are constructed from (no object-store arguments)."""
+    return plan.model_dump_json()
+
+
+def thaw_plan(text: str) -> BuildPlan:
+    """The inverse of :func:`freeze_plan`: entries' params re-validated into their kinds' models."""
+    from crispedit.recipe.catalog import SOURCES, STAGES
+
+    plan = BuildPlan.model_validate_json(text)
+    import_plugins(plan.recipe.plugins)
+    plan.source.params = SOURCES[plan.source.kind].Params.model_validate(plan.source.params)
+    for entry in plan.stages:
+        entry.params = STAGES[entry.kind].Params.model_validate(entry.params)
+    return plan
+
+
+def fingerprint(recipe: Recipe, source: Entry, stages: list[Entry]) -> str:
+    """Hash of everything that decides the samples' content, and nothing that only places them.
+
+    Output location, shard size and execution settings are left out, so the same data gets
+    the same ids on a laptop and on a cluster.
+    """
+    payload = {
+        "name": recipe.name,
+        "seed": recipe.seed,
+        "source": [source.kind, _plain(source.params)],
+        "stages": [[s.kind, s.name, _plain(s.params)] for s in stages],
+    }
+    return digest(json.dumps(payload, sort_keys=True, default=str))[:16]
+
+
+def _plain(params: Any) -> Any:
+    return params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+
+
+def _entry(
+    doc: LocatedYaml,
+    path: KeyPath,
+    raw: Any,
+    registry: dict[str, Any],
+    problems: list[Problem],
+) -> Entry | None:
+    if not isinstance(raw, dict):
+        problems.append(doc.problem(path, "expected a mapping with a `kind:` key"))
+        return None
+    kind = raw.get("kind")
+    if kind not in registry:
+        known = ", ".join(sorted(registry))
+        problems.append(doc.problem((*path, "kind"), f"unknown kind {kind!r}; known kinds: {known}"))
+        return None
+    params = {k: v for k, v in raw.items() if k not in ("kind", "name")}
+    name = raw.get("name", kind)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        problems.append(doc.problem((*path, "name"), f"a stage name is letters, digits, '.', '_' or '-': {name!r}"))
+        return None
+    cls = registry[kind]
+    try:
+        validated = cls.Params.model_validate(params, context={"recipe_dir": Path(doc.file).parent})
+    except ValidationError as error:
+        problems.extend(_problems(doc, path, error))
+        return None
+    return Entry(kind=kind, name=name, params=validated, origin=doc.file, line=doc.line_of(path))
+
+
+def _filter_chain(
+    doc: LocatedYaml, path: KeyPath, name: str, recipe_dir: Path, problems: list[Problem]
+) -> LocatedYaml | None:
+    """Find ``filters/NAME.yaml`` next to the recipe, one level up, or in the working directory."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        problems.append(doc.problem(path, f"a filter chain is named by a plain name, not {name!r}"))
+        return None
+    candidates = [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters"]
+    for folder in candidates:
+        file = folder / f"{name}.yaml"
+        if file.is_file():
+            try:
+                chain = load_located(file)
+            except RecipeError as error:
+                problems.extend(error.problems)
+                return None
+            if not isinstance(chain.data, dict) or not isinstance(chain.data.get("stages"), list):
+                problems.append(chain.problem((), "a filter chain is a mapping with a `stages:` list"))
+                return None
+            unknown = set(chain.data) - {"stages", "description"}
+            for key in sorted(unknown):
+                problems.append(chain.problem((key,), "unknown key (a filter chain has stages and description)"))
+            return None if unknown else chain
+    searched = ", ".join(str(c) for c in candidates)
+    problems.append(doc.problem(path, f"no filter chain {name!r} (looked for {name}.yaml in {searched})"))
+    return None
+
+
+def _problems(doc: LocatedYaml, base: KeyPath, error: ValidationError) -> list[Problem]:
+    out = []
+    for item in error.errors():
+        loc: KeyPath = (*base, *item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif "input" in item and not isinstance(item["input"], (dict, list)):
+            message = f"{message} (got {item['input']!r})"
+        out.append(doc.problem(loc, message))
+    return out
