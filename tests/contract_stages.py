@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
+from crispedit.core.failures import TransientError
 from crispedit.core.sample import Sample
-from crispedit.core.stage import Resources, Stage, StageParams, TransientError, register_stage
+from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 
 
 class CandidatesParams(StageParams):

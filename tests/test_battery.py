@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from crispedit.core.sample import Sample
-from crispedit.core.stage import BuildContext, Stage, apply_stage
+from crispedit.core.stage import BuildContext, Stage
+from crispedit.engine.run import apply_stage
 from crispedit.recipe.catalog import SOURCES, STAGES
 from crispedit.recipe.reference import render
 from tests.conftest import REPO

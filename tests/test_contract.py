@@ -15,7 +15,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from crispedit.core.stage import StageBroken
+from crispedit.core.failures import StageBroken
 from crispedit.engine import build
 from crispedit.recipe import load_plan
 from crispedit.recipe.located import RecipeError

@@ -13,8 +13,9 @@ from PIL import Image
 from skimage import data as photos
 
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, apply_stage
+from crispedit.core.stage import BuildContext
 from crispedit.engine import build
+from crispedit.engine.run import apply_stage
 from crispedit.filters.dedupe import DecontaminateParams, DecontaminateStage, DedupeParams, DedupeStage
 from crispedit.filters.phash import PairHash, dedupe_build, hamming, near_duplicates, phash
 from crispedit.recipe import load_plan

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import yaml
 
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, apply_stage
+from crispedit.core.stage import BuildContext
+from crispedit.engine.run import apply_stage
 from crispedit.filters.clip_filter import ClipFilter, ClipFilterParams
 from crispedit.filters.locality_filter import LocalityFilter, LocalityParams, masked_l1
 from crispedit.filters.safety_filter import SafetyFilter, SafetyParams

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, Stage, apply_stage
+from crispedit.core.stage import BuildContext, Stage
+from crispedit.engine.run import apply_stage
 from crispedit.recipe.catalog import STAGES
 
 CONTEXT = BuildContext(recipe_name="gen", fingerprint="gen", seed=0, tiny=True)

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from crispedit.core.failures import TransientError
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, TransientError
+from crispedit.core.stage import BuildContext
 from crispedit.instruct.specs import answer_model
 from crispedit.instruct.stages import InstructParams, InstructStage
 from crispedit.instruct.taxonomies import BUILTIN, load_taxonomy, load_vocabulary

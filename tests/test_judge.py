@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crispedit.core.failures import TransientError
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, TransientError, apply_stage
+from crispedit.core.stage import BuildContext
+from crispedit.engine.run import apply_stage
 from crispedit.filters.judge import JudgeParams, JudgeStage
 from tests.llm_server import LLMServer, request_schema
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from crispedit.core.stage import TransientError
+from crispedit.core.failures import TransientError
 from crispedit.models.llm import LLMClient, LLMConfigError, LLMRequest, LLMSettings
 from tests.llm_server import LLMServer
 

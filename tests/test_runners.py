@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crispedit.core.failures import StageBroken
 from crispedit.core.sample import Sample
-from crispedit.core.stage import StageBroken, apply_stage, stage_stats
+from crispedit.core.stats import stage_stats
 from crispedit.engine import build
+from crispedit.engine.run import apply_stage
 from crispedit.recipe import load_plan
 from tests.conftest import QUICKSTART
 

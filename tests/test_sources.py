@@ -20,12 +20,12 @@ from PIL import Image
 from s3_server import S3, s3  # noqa: F401  (the fixture)
 
 from crispedit.core.sample import Sample
+from crispedit.core.source import Source
 from crispedit.core.stage import BuildContext
 from crispedit.recipe.catalog import SOURCES
 from crispedit.sources import parquet as source_parquet
 from crispedit.sources import records as source_records
 from crispedit.sources import webdataset as source_webdataset
-from crispedit.sources.images import Source
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"\x00garbage" * 8
 

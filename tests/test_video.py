@@ -24,8 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crispedit.core.failures import TransientError
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, TransientError, apply_stage
+from crispedit.core.stage import BuildContext
+from crispedit.engine.run import apply_stage
 from crispedit.video import demo
 from crispedit.video.readers import PyAVReader, register_reader
 from crispedit.video.stages.video_caption import VideoCaptionParams, VideoCaptionStage

@@ -83,7 +83,7 @@ def _build(args: argparse.Namespace) -> int:
     plan = _load(args, out=args.out)
     if plan is None:
         return 2
-    from crispedit.core.stage import StageBroken
+    from crispedit.core.failures import StageBroken
     from crispedit.engine import BuildError, build
     from crispedit.models.llm import LLMConfigError
     from crispedit.recipe import plan_until
@@ -119,7 +119,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from crispedit.core.shards import read_markers, summarize
+    from crispedit.core.shards import read_markers
+    from crispedit.core.stats import summarize
     from crispedit.core.storage import Output
 
     output = Output(args.out)

@@ -25,12 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crispedit import __version__
 from crispedit.core.faults import fault_point
 from crispedit.core.hub_parquet import hub_parquet_bytes
 from crispedit.core.images import encode_image
 from crispedit.core.sample import IMAGE_COLUMNS, TEXT_COLUMNS, Sample, digest, provenance_json
-from crispedit.core.stage import StageStats
+from crispedit.core.stats import StageStats
 from crispedit.core.storage import Output
 
 DATA_DIR = "data"
@@ -274,23 +273,3 @@ def read_marker(output: Output, key: str) -> dict[str, Any] | None:
 def atomic_write_text(text: str, path: Path) -> None:
     """A local text file, all or nothing (temporary, fsync, rename)."""
     Output(Path(path).parent).write_text(Path(path).name, text)
-
-
-def summarize(markers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over committed shards: rows, rejects, and per stage seen/passed/drops/seconds."""
-    stages: dict[str, StageStats] = {}
-    order: list[str] = []
-    for marker in markers:
-        for data in marker.get("stages", []):
-            name = data["name"]
-            if name not in stages:
-                stages[name] = StageStats()
-                order.append(name)
-            stages[name].add(StageStats.from_dict(data))
-    return {
-        "shards": len(markers),
-        "rows": sum(m["rows"] for m in markers),
-        "rejects": sum(m["rejects"] for m in markers),
-        "stages": {name: stages[name].to_dict() for name in order},
-        "crispedit_version": __version__,
-    }

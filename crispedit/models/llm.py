@@ -288,7 +288,7 @@ class LLMClient:
 
     # -- one batch ------------------------------------------------------------------------
     async def _ask_all(self, requests: list[LLMRequest]) -> list[LLMAnswer]:
-        from crispedit.core.stage import TransientError  # here: crispedit.stages imports this module
+        from crispedit.core.failures import TransientError  # here: crispedit.stages imports this module
 
         results = await asyncio.gather(*(self._ask_one(r) for r in requests), return_exceptions=True)
         # Every other answer is finished (and cached) before a failure is raised, so a rerun
@@ -342,7 +342,7 @@ class LLMClient:
         """
         import openai
 
-        from crispedit.core.stage import TransientError
+        from crispedit.core.failures import TransientError
 
         runtime = self._ensure_runtime()
         fmt = self.format

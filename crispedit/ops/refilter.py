@@ -210,7 +210,7 @@ def rewrite_build(
 
 
 def _stats(entry: dict[str, Any]) -> Any:
-    from crispedit.core.stage import StageStats
+    from crispedit.core.stats import StageStats
 
     return StageStats.from_dict(entry)
 
@@ -264,7 +264,7 @@ def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tupl
 
 
 def _summary(reader: BuildReader, target: Output, note: dict[str, Any] | None) -> dict[str, Any]:
-    from crispedit.core.shards import summarize
+    from crispedit.core.stats import summarize
 
     summary = summarize(read_markers(target))
     total = reader.summary.get("shards_total", len(reader.markers))

@@ -8,6 +8,7 @@ stays instant (tests/test_recipe.py checks it).
 """
 
 from crispedit.classical import copy, stages  # noqa: F401
+from crispedit.core.source import SOURCES
 from crispedit.core.stage import STAGES
 from crispedit.dit4edit import stages as dit4edit_stages  # noqa: F401
 from crispedit.filters import (  # noqa: F401
@@ -23,7 +24,6 @@ from crispedit.instruct import stages as instruct_stages  # noqa: F401
 from crispedit.masks.stages import ground, mask_filter, pixel_threshold  # noqa: F401
 from crispedit.sdxl.stages import inpaint, p2p, refine, sdxl_source, style  # noqa: F401
 from crispedit.sources import hf, images, parquet, text, webdataset  # noqa: F401
-from crispedit.sources.images import SOURCES
 from crispedit.video.stages import video_caption, video_pairs, videos  # noqa: F401
 
 __all__ = ["SOURCES", "STAGES"]

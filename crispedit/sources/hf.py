@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import Field
 
+from crispedit.core.source import register_source
 from crispedit.core.storage import is_url, split_url
-from crispedit.sources.images import register_source
 from crispedit.sources.parquet import ParquetFiles
 from crispedit.sources.records import Record, RecordSource, RemoteImageParams, cell_record
 

@@ -1,56 +1,19 @@
-"""Sources: where items come from, numbered 0..N-1 in an order that never changes.
-
-A stable numbering is what makes ids, seeds and shard names deterministic, and what lets
-a rerun skip exactly the shards that were committed.
-"""
+"""The ``folder`` and ``skimage`` sources: a fixed, sorted list of image files with captions."""
 
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from crispedit.core.images import ImageRejected, fit_within, read_image
 from crispedit.core.sample import Sample, sample_id
-from crispedit.core.stage import BuildContext, StageParams
-
-
-class Source(ABC):
-    """The first stage: turns item indices [start, end) into samples (rejects included)."""
-
-    kind: ClassVar[str]
-    Params: ClassVar[type[StageParams]] = StageParams
-    #: Sample fields and ``meta.KEY``s every item arrives with (checked by ``crispedit validate``).
-    provides: ClassVar[tuple[str, ...]] = ("source_image", "source_caption")
-    name = "source"
-
-    def __init__(self, params: StageParams, context: BuildContext) -> None:
-        self.params = params
-        self.context = context
-
-    def outputs(self) -> set[str]:
-        return set(self.provides)
-
-    @abstractmethod
-    def count(self) -> int:
-        """How many items there are. Must be cheap and must not depend on file contents."""
-
-    @abstractmethod
-    def load(self, start: int, end: int) -> list[Sample]:
-        """One sample per index in [start, end), in order; unreadable items become rejects."""
-
-
-T = TypeVar("T", bound=type[Source])
-SOURCES: dict[str, type[Source]] = {}
-
-
-def register_source(cls: T) -> T:
-    SOURCES[cls.kind] = cls
-    return cls
+from crispedit.core.source import Source, register_source
+from crispedit.core.stage import StageParams
 
 
 class ImageSourceParams(StageParams):

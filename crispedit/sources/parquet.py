@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from crispedit.sources.images import register_source
+from crispedit.core.source import register_source
 from crispedit.sources.records import (
     InputFile,
     Record,

@@ -22,8 +22,9 @@ from pydantic import Field
 from crispedit.core.images import ImageRejected, decode_image, fit_within
 from crispedit.core.paths import UnsafePathError
 from crispedit.core.sample import Sample, sample_id
+from crispedit.core.source import Source
 from crispedit.core.storage import is_url, relative_key, split_url
-from crispedit.sources.images import ImageSourceParams, Source
+from crispedit.sources.images import ImageSourceParams
 
 
 class RemoteImageParams(ImageSourceParams):

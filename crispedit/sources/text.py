@@ -21,9 +21,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from crispedit.core.sample import Sample, sample_id
+from crispedit.core.source import Source, register_source
 from crispedit.core.stage import StageParams
 from crispedit.core.storage import is_url, open_input
-from crispedit.sources.images import Source, register_source
 
 SeedAs = Literal["topic", "caption"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from crispedit.core.source import register_source
 from crispedit.core.storage import Output
-from crispedit.sources.images import register_source
 from crispedit.sources.records import InputFile, Record, RecordSource, RemoteImageParams, expand_inputs
 
 INDEX_VERSION = 1

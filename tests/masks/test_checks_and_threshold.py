@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from crispedit.core.sample import Sample
-from crispedit.core.stage import BuildContext, apply_stage, stage_stats
+from crispedit.core.stage import BuildContext
+from crispedit.core.stats import stage_stats
+from crispedit.engine.run import apply_stage
 from crispedit.masks.checks import check_mask, count_contours, coverage
 from crispedit.masks.pixel_threshold import (
     pixel_distance,

@@ -7,7 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from crispedit.core.sample import Sample
-from crispedit.core.stage import BuildContext, apply_stage, stage_stats
+from crispedit.core.stage import BuildContext
+from crispedit.core.stats import stage_stats
+from crispedit.engine.run import apply_stage
 from crispedit.masks import soft
 from crispedit.masks.stages.ground import GroundParams, GroundStage
 

@@ -24,9 +24,9 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from crispedit.core.sample import Sample, sample_id
+from crispedit.core.source import Source, register_source
 from crispedit.core.stage import StageParams
 from crispedit.core.storage import is_url, split_url
-from crispedit.sources.images import Source, register_source
 from crispedit.sources.records import Record
 from crispedit.video.containers import HEAD_BYTES, describe_head, sniff, truncation
 

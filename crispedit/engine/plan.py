@@ -1,0 +1,143 @@
+"""From a plan to what the workers need: stages built from entries, placement, build metadata, Ray steps.
+
+Everything here runs on the driver (and again in workers from the frozen plan); nothing
+here runs a stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from crispedit import __version__
+from crispedit.core.failures import Breaker
+from crispedit.core.shards import ShardStore
+from crispedit.core.source import Source
+from crispedit.core.stage import BuildContext, Stage
+from crispedit.recipe import BuildPlan, Entry
+from crispedit.recipe.catalog import SOURCES, STAGES
+
+log = logging.getLogger("crispedit")
+
+class BuildError(RuntimeError):
+    """A build that must not start, e.g. an output directory that holds a different build."""
+
+
+SOURCE, WRITE = "source", "write"
+Step = str | int
+
+
+def context_for(plan: BuildPlan) -> BuildContext:
+    return BuildContext(
+        recipe_name=plan.recipe.name,
+        fingerprint=plan.fingerprint,
+        seed=plan.recipe.seed,
+        tiny=plan.tiny,
+        recipe_dir=plan.recipe_dir,
+        cache_dir=plan.cache_dir,
+    )
+
+
+def make_source(plan: BuildPlan, context: BuildContext) -> Source:
+    return SOURCES[plan.source.kind](plan.source.params, context)
+
+
+def make_stage(entry: Entry, context: BuildContext) -> Stage:
+    return STAGES[entry.kind](entry.params, context, name=entry.name)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one stage runs and how much it takes: its class's declaration, overridden by the recipe."""
+
+    batch_size: int
+    num_cpus: float
+    num_gpus: float
+    memory_gb: float | None
+    actors: tuple[int, int]
+
+
+def placement(plan: BuildPlan, entry: Entry) -> Placement:
+    cls = STAGES[entry.kind]
+    r = plan.recipe.execution.stages.get(entry.name)
+    declared = cls.resources
+    if r is not None and r.concurrency:
+        actors = (r.concurrency, r.concurrency)
+    elif r is not None and (r.min_actors or r.max_actors):
+        low = r.min_actors or 1
+        actors = (low, max(low, r.max_actors or low))
+    else:
+        actors = (1, 1)
+    return Placement(
+        batch_size=(r.batch_size if r and r.batch_size else cls.default_batch_size),
+        num_cpus=(r.num_cpus if r and r.num_cpus is not None else declared.num_cpus),
+        num_gpus=(r.num_gpus if r and r.num_gpus is not None else declared.num_gpus),
+        memory_gb=(r.memory_gb if r and r.memory_gb is not None else declared.memory_gb),
+        actors=actors,
+    )
+
+
+@dataclass(frozen=True)
+class BuildMeta:
+    """What every worker needs to know about the build, computed once on the driver."""
+
+    score_columns: list[str]
+    provenance: dict[str, Any]
+    stage_order: list[str]
+    breaker: Breaker
+
+
+def build_meta(plan: BuildPlan) -> BuildMeta:
+    context = context_for(plan)
+    stages = [make_stage(e, context) for e in plan.stages]  # constructed, never set up: metadata only
+    columns: list[str] = []
+    for stage in stages:
+        columns += [c for c in stage.score_columns() if c not in columns]
+    provenance = {
+        "recipe": plan.recipe.name,
+        "recipe_hash": plan.fingerprint,
+        "recipe_seed": plan.recipe.seed,
+        "crispedit_version": __version__,
+        "tiny": plan.tiny,
+        "models": {s.name: s.model_ids() for s in stages if s.model_ids()},
+    }
+    execution = plan.recipe.execution
+    return BuildMeta(
+        columns, provenance, ["source", *(s.name for s in stages)],
+        Breaker(execution.breaker_min_failures, execution.breaker_fraction),
+    )
+
+
+def store_for(plan: BuildPlan, meta: BuildMeta | None = None) -> ShardStore:
+    meta = meta or build_meta(plan)
+    output = plan.recipe.output
+    return ShardStore(
+        plan.output_dir, meta.score_columns, output.image_format, output.quality, output.png_compression,
+        meta.provenance, reject_images=output.reject_images,
+    )
+
+
+def segments(plan: BuildPlan) -> list[list[Step]]:
+    """Group the steps into Ray steps: model stages alone, everything between them fused."""
+    context = context_for(plan)
+    groups: list[list[Step]] = [[SOURCE]]
+    for index, entry in enumerate(plan.stages):
+        if make_stage(entry, context).in_actor_pool:
+            groups += [[index], []]
+        else:
+            groups[-1].append(index)
+    groups[-1].append(WRITE)
+    return [g for g in groups if g]
+
+
+def gpu_warnings(plan: BuildPlan, gpus_here: float, where: str) -> list[str]:
+    """A stage that declares GPUs on a machine without them runs on the CPU: say so, loudly."""
+    out = []
+    for entry in plan.stages:
+        wanted = placement(plan, entry).num_gpus
+        if wanted and gpus_here <= 0:
+            out.append(f"stage {entry.name!r} declares {wanted:g} GPU(s) but {where} has none: it runs on the CPU")
+    for text in out:
+        log.warning(text)
+    return out
