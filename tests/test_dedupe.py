@@ -17,7 +17,8 @@ from crispedit.core.stage import BuildContext
 from crispedit.engine import build
 from crispedit.engine.run import apply_stage
 from crispedit.filters.dedupe import DecontaminateParams, DecontaminateStage, DedupeParams, DedupeStage
-from crispedit.filters.phash import PairHash, dedupe_build, hamming, near_duplicates, phash
+from crispedit.filters.phash import PairHash, hamming, near_duplicates, phash
+from crispedit.ops.dedupe import dedupe_build
 from crispedit.recipe import load_plan
 from tests.conftest import write_recipe
 

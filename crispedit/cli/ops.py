@@ -51,7 +51,7 @@ def _refilter(args: argparse.Namespace) -> int:
 
 
 def _dedupe(args: argparse.Namespace) -> int:
-    from crispedit.filters.phash import dedupe_build
+    from crispedit.ops.dedupe import dedupe_build
     from crispedit.ops.refilter import RefilterError
 
     try:

@@ -18,7 +18,6 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -268,8 +267,3 @@ def read_marker(output: Output, key: str) -> dict[str, Any] | None:
         return json.loads(output.read_bytes(key).decode("utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    """A local text file, all or nothing (temporary, fsync, rename)."""
-    Output(Path(path).parent).write_text(Path(path).name, text)

@@ -70,6 +70,8 @@ class Stage(ABC):
     provides: ClassVar[tuple[str, ...]] = ()
     #: Batches never split the children of one source item (selection needs them together).
     whole_families: ClassVar[bool] = False
+    #: Published methods the stage implements, for the dataset card ("InstructPix2Pix (Brooks et al. 2023): ...").
+    cites: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: StageParams, context: BuildContext, name: str | None = None) -> None:
         self.params = params

@@ -60,24 +60,17 @@ class DedupeStage(FilterStage):
         return bounds
 
     def setup(self) -> None:
-        from crispedit.filters.phash import build_pairs
+        from crispedit.filters.phash import PairIndex
 
-        self.earlier: list[tuple[str, list[tuple[str, str, Any]]]] = [(path, build_pairs(path)) for path in self.params.against]
+        self.earlier = [PairIndex.of_build(path) for path in self.params.against]
 
     def _nearest(self, source: int, target: int) -> tuple[int, str, str] | None:
-        import numpy as np
-
+        """(distance, build, row id) of the closest pair of the earlier builds; ties go to the first build."""
         best: tuple[int, str, str] | None = None
-        for path, rows in self.earlier:
-            usable = [(row_id, p) for _, row_id, p in rows if p.source is not None and p.target is not None]
-            if not usable:
-                continue
-            src = np.bitwise_count(np.array([p.source for _, p in usable], dtype=np.uint64) ^ np.uint64(source))
-            tgt = np.bitwise_count(np.array([p.target for _, p in usable], dtype=np.uint64) ^ np.uint64(target))
-            both = np.maximum(src, tgt)
-            i = int(np.argmin(both))
-            if best is None or int(both[i]) < best[0]:
-                best = (int(both[i]), path, usable[i][0])
+        for index in self.earlier:
+            found = index.nearest(source, target)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], index.name, found[1])
         return best
 
     def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
@@ -232,8 +225,8 @@ def benchmark_index(spec: BenchmarkSet, cache_dir: Path | None = None) -> Any:
     if len(index) == 0:
         raise ValueError(f"benchmark {spec.name}: no images found in {spec.path}")
     if cache is not None:
+        from crispedit.core.storage import Output
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
-        tmp.write_text(index.to_json(), encoding="utf-8")
-        os.replace(tmp, cache)
+        Output(cache.parent).write_text(cache.name, index.to_json())  # all or nothing, as every local write
     return index

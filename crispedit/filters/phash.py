@@ -10,7 +10,7 @@ XOR and popcount, brute force over numpy arrays, which is fast for benchmark-siz
 * ``decontaminate`` stage: the distance from the source to the nearest image of declared
   benchmark sets (an image folder, Parquet files, or a Hugging Face dataset);
 * ``crispedit dedupe OUT --to NEW``: near-duplicate pairs *within* a build, across shards,
-  which no per-shard stage can see (see :func:`dedupe_build`).
+  which no per-shard stage can see (:func:`near_duplicates`, run by crispedit.ops.dedupe).
 """
 
 from __future__ import annotations
@@ -175,6 +175,35 @@ def pair_distance(a: PairHash, b: PairHash) -> int | None:
     return max(hamming(a.source, b.source), hamming(a.target, b.target))  # type: ignore[arg-type]
 
 
+def pair_distances(source: int, target: int, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """How far one pair is from each pair of two aligned uint64 arrays (the larger of the two distances)."""
+    return np.maximum(distances(source, sources), distances(target, targets))
+
+
+@dataclass
+class PairIndex:
+    """The pairs of one earlier build that have both hashes, searched by :func:`pair_distances`."""
+
+    name: str
+    sources: np.ndarray  # uint64
+    targets: np.ndarray  # uint64
+    ids: list[str]
+
+    @classmethod
+    def of_build(cls, out: str | Path) -> PairIndex:
+        usable = [(row_id, p) for _, row_id, p in build_pairs(out) if p.source is not None and p.target is not None]
+        return cls(str(out), np.array([p.source for _, p in usable], dtype=np.uint64),
+                   np.array([p.target for _, p in usable], dtype=np.uint64), [row_id for row_id, _ in usable])
+
+    def nearest(self, source: int, target: int) -> tuple[int, str] | None:
+        """(distance, row id) of the closest pair; ties go to the first in build order."""
+        if not self.ids:
+            return None
+        both = pair_distances(source, target, self.sources, self.targets)
+        best = int(np.argmin(both))
+        return int(both[best]), self.ids[best]
+
+
 def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
     """Which rows to drop: row id -> (id of the row it copies, distance).
 
@@ -203,9 +232,8 @@ def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) ->
         match = None
         if len(candidates):
             index = np.fromiter(candidates, dtype=np.int64)
-            src = np.bitwise_count(np.array(kept_src, dtype=np.uint64)[index] ^ np.uint64(pair.source))
-            tgt = np.bitwise_count(np.array(kept_tgt, dtype=np.uint64)[index] ^ np.uint64(pair.target))
-            both = np.maximum(src, tgt)
+            both = pair_distances(pair.source, pair.target,
+                                  np.array(kept_src, dtype=np.uint64)[index], np.array(kept_tgt, dtype=np.uint64)[index])
             hits = np.nonzero(both <= max_distance)[0]
             if hits.size:
                 first = int(hits[0])  # the earliest kept row (candidates are in keep order)
@@ -243,7 +271,7 @@ def row_hashes(provenance: str | None, source_cell: Any, target_cell: Any) -> Pa
 
 def build_pairs(out: str | Path) -> list[tuple[str, str, PairHash]]:
     """(order key, id, hashes) of every data row of a committed build (hashes of earlier builds)."""
-    from crispedit.ops.refilter import BuildReader
+    from crispedit.core.reader import BuildReader
 
     reader = BuildReader(out)
     rows: list[tuple[str, str, PairHash]] = []
@@ -255,30 +283,3 @@ def build_pairs(out: str | Path) -> list[tuple[str, str, PairHash]]:
         for key, row_id, prov, src, tgt in zip(keys, data.column("id").to_pylist(), provenance, sources, targets, strict=True):
             rows.append((key, row_id, row_hashes(prov, src, tgt)))
     return rows
-
-
-def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwrite: bool = False) -> dict[str, Any]:
-    """Write ``dst``: ``src`` with near-duplicate pairs moved to the rejects (stage ``dedupe``).
-
-    A post-build pass because a stage sees one shard's batch and a duplicate may sit in
-    another shard. It reads the committed data rows' hashes (provenance, or the image
-    bytes), picks drops with :func:`near_duplicates`, and writes through the same shard
-    writer and commit protocol as ``refilter``: images copied byte for byte, rows in build
-    order, the same bytes on every run.
-    """
-    from crispedit.ops.refilter import Verdict, rewrite_build
-
-    dropped = near_duplicates(build_pairs(src), max_distance)
-
-    def verdict(row: dict[str, Any]) -> Verdict | None:
-        if row["reason"] is not None or row["id"] not in dropped:
-            return None
-        copy_of, distance = dropped[row["id"]]
-        return Verdict("dedupe", f"duplicate: within {distance} bits of row {copy_of} (pHash of source and target)")
-
-    report = rewrite_build(src, dst, verdict, overwrite=overwrite, note={"dedupe": {"max_distance": max_distance, "dropped": len(dropped)}})
-    report["dropped"] = len(dropped)
-    from crispedit.ops.histograms import write_histograms
-
-    report["plots"] = sorted(str(p) for p in write_histograms(dst).values())
-    return report

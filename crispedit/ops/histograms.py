@@ -20,8 +20,9 @@ def write_histograms(out: str | Path, folder: str | Path | None = None) -> dict[
     Only local outputs: the PNGs are drawn to files (an object-store build can be drawn from
     a local copy, or by ``crispedit preview``/``publish``, which draw the same plots).
     """
+    from crispedit.core.reader import read_columns
     from crispedit.core.storage import is_url
-    from crispedit.ops.build_info import read_build, read_columns
+    from crispedit.ops.build_info import read_build
     from crispedit.ops.plots import score_histograms
 
     if is_url(str(out)):

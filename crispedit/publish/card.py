@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from crispedit import __version__
-from crispedit.ops.build_info import BuildInfo, read_columns
+from crispedit.core.reader import read_columns
+from crispedit.ops.build_info import BuildInfo
 from crispedit.ops.plots import score_histograms
 from crispedit.publish.preview import read_sample, row_thumbnails, stratified_sample
 

@@ -49,7 +49,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from crispedit.core.hub_parquet import hub_shape_problems, max_row_group_bytes, write_hub_parquet
-from crispedit.ops.build_info import BuildInfo, Shard, read_build
+from crispedit.core.reader import Shard
+from crispedit.ops.build_info import BuildInfo, read_build
 from crispedit.publish.card import ASSETS_DIR, ConfigFiles, render_card
 
 log = logging.getLogger("crispedit")

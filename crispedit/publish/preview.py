@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from crispedit.ops.build_info import BuildInfo, read_build, read_columns, read_rows
+from crispedit.core.reader import read_columns, read_rows
+from crispedit.ops.build_info import BuildInfo, read_build
 from crispedit.ops.plots import score_histograms
 
 log = logging.getLogger("crispedit")

@@ -1,0 +1,38 @@
+"""``crispedit dedupe OUT --to NEW``: near-duplicate pairs of a whole build, across shards, moved to the rejects.
+
+A post-build pass because a stage sees one shard's batch and a duplicate may sit in another
+shard. The hashes and the search are crispedit.filters.phash's, the rewrite
+crispedit.ops.rewrite's (shared with ``refilter``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crispedit.filters.phash import build_pairs, near_duplicates
+from crispedit.ops.histograms import write_histograms
+from crispedit.ops.rewrite import Verdict, rewrite_build
+
+
+def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwrite: bool = False) -> dict[str, Any]:
+    """Write ``dst``: ``src`` with near-duplicate pairs moved to the rejects (stage ``dedupe``).
+
+    A post-build pass because a stage sees one shard's batch and a duplicate may sit in
+    another shard. It reads the committed data rows' hashes (provenance, or the image
+    bytes), picks drops with :func:`near_duplicates`, and writes through the same shard
+    writer and commit protocol as ``refilter``: images copied byte for byte, rows in build
+    order, the same bytes on every run.
+    """
+    dropped = near_duplicates(build_pairs(src), max_distance)
+
+    def verdict(row: dict[str, Any]) -> Verdict | None:
+        if row["reason"] is not None or row["id"] not in dropped:
+            return None
+        copy_of, distance = dropped[row["id"]]
+        return Verdict("dedupe", f"duplicate: within {distance} bits of row {copy_of} (pHash of source and target)")
+
+    report = rewrite_build(src, dst, verdict, overwrite=overwrite, note={"dedupe": {"max_distance": max_distance, "dropped": len(dropped)}})
+    report["dropped"] = len(dropped)
+    report["plots"] = sorted(str(p) for p in write_histograms(dst).values())
+    return report

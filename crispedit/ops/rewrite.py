@@ -1,0 +1,190 @@
+"""A new committed dataset from a finished build, each row's status decided again: what refilter and dedupe share.
+
+Rows are copied through as they are (image bytes included; nothing is decoded or
+re-encoded), with each row's stage and reason set by a verdict, and written through the
+same shard writer and commit protocol as a build: rows in build order, the same bytes on
+every run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from crispedit.core.reader import BuildReader
+from crispedit.core.shards import (
+    COMMITS_DIR,
+    DATA_DIR,
+    ORDER_COLUMN,
+    PARTS_DIR,
+    REJECTS_DIR,
+    ShardRange,
+    ShardStore,
+    read_markers,
+)
+from crispedit.core.stats import StageStats, summarize
+from crispedit.core.storage import Output
+
+log = logging.getLogger("crispedit")
+
+
+class RefilterError(RuntimeError):
+    """The request cannot be honoured as asked (missing score columns, an unknown stage...)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A row's new status: kept (``stage`` None) or rejected by ``stage`` for ``reason``."""
+
+    stage: str | None = None
+    reason: str | None = None
+
+
+KEEP = Verdict()
+
+
+def open_build(location: str | Path) -> BuildReader:
+    """A build to rewrite: it must have the manifest a rewrite copies."""
+    reader = BuildReader(location)
+    if not reader.manifest:
+        raise RefilterError(f"{reader.output.url} is not a crispedit output (no manifest.json)")
+    return reader
+
+
+def _provenance_ref(text: str | None) -> str | None:
+    try:
+        source = json.loads(text or "{}").get("source") or {}
+    except ValueError:
+        return None
+    ref = source.get("ref") if isinstance(source, dict) else None
+    return str(ref) if ref is not None else None
+
+
+def _has_images(row: dict[str, Any]) -> bool:
+    return row.get("source_image") is not None or row.get("target_image") is not None
+
+
+RowVerdict = Callable[[dict[str, Any]], Verdict | None]
+Restats = Callable[[list[dict[str, Any]], list[tuple[dict[str, Any], Verdict]]], list[dict[str, Any]]]
+
+
+def rewrite_build(
+    src: str | Path,
+    dst: str | Path,
+    verdict: RowVerdict,
+    *,
+    restats: Restats | None = None,
+    recipe: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    note: dict[str, Any] | None = None,
+    stages: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Write ``dst`` from ``src``'s committed shards with each row's status set by ``verdict``.
+
+    ``verdict(row)`` sees a row without its image columns (scores, provenance, id, stage and
+    reason; ``has_images``) and returns None to leave it as it is, or its new status.
+    ``restats(old stage entries, [(row, new status)])`` gives a shard's new per-stage counts;
+    ``stages`` replaces ``manifest["stages"]`` when the rows were decided by other stages.
+    """
+    reader = open_build(src)
+    target = Output(dst)
+    if target.url.rstrip("/") == reader.output.url.rstrip("/"):
+        raise RefilterError("--to must be a new location, not the build itself")
+    manifest = {**reader.manifest, "derived_from": {"from": reader.output.url, **(note or {})}}
+    if stages is not None:  # what the new dataset's rows were decided by
+        manifest["stages"] = stages
+    _prepare(target, manifest, overwrite)
+    store = ShardStore(dst, reader.score_columns)
+    changed = Counter[str]()
+    for shard in reader.shards():
+        table, rows = _combined(reader, shard, store)
+        stages: list[str | None] = []
+        reasons: list[str | None] = []
+        decided: list[tuple[dict[str, Any], Verdict]] = []
+        for row in rows:
+            new = verdict(row)
+            status = new if new is not None else Verdict(row["stage"], row["reason"])
+            if (status.reason is None) != (row["reason"] is None):
+                changed["restored" if status.reason is None else "dropped"] += 1
+            stages.append(status.stage if status.reason is not None else None)
+            reasons.append(status.reason)
+            decided.append((row, status))
+        table = table.set_column(table.schema.get_field_index("stage"), "stage", pa.array(stages, pa.string()))
+        table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+        old = [dict(s) for s in reader.marker(shard).get("stages", [])]
+        entries = restats(old, decided) if restats is not None else old
+        store.commit(shard, [table], {e["name"]: _stats(e) for e in entries})
+    summary = _summary(reader, target, note)
+    target.write_text("summary.json", json.dumps(summary, indent=1))
+    target.write_text("recipe.yaml", yaml.safe_dump(recipe if recipe is not None else reader.recipe, sort_keys=False))
+    return {"out": target.url, "rows": summary["rows"], "rejects": summary["rejects"], "shards": summary["shards"],
+            "restored": changed["restored"], "dropped": changed["dropped"]}
+
+
+def _stats(entry: dict[str, Any]) -> StageStats:
+    return StageStats.from_dict(entry)
+
+
+def _prepare(target: Output, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix two datasets in one place; a rerun of the same request rewrites it in place."""
+    if target.exists("manifest.json"):
+        old = json.loads(target.read_bytes("manifest.json"))
+        if old != manifest and not overwrite:
+            raise RefilterError(f"{target.url} holds another dataset; choose another --to, or pass --overwrite")
+    for folder in (DATA_DIR, REJECTS_DIR, COMMITS_DIR, PARTS_DIR):
+        path = target.full_path(folder)
+        if target.fs.exists(path):
+            target.fs.rm(path, recursive=True)
+    target.write_text("manifest.json", json.dumps(manifest, indent=1))
+
+
+def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """A shard's data and rejects as one part table (the reject schema plus ``_order``), and its rows without images."""
+    data = reader.data_table(shard)
+    rejects = reader.rejects_table(shard)
+    data_ids, data_parents = data.column("id").to_pylist(), data.column("parent_id").to_pylist()
+    data_keys = reader.order_keys(shard, data_ids, data_parents)
+    data_index = [int(k[:12]) if k is not None else None for k in data_keys]
+    refs = [_provenance_ref(p) for p in data.column("provenance").to_pylist()]
+    extra = {"index": pa.array(data_index, pa.int64()), "source_ref": pa.array(refs, pa.string()),
+             "stage": pa.nulls(data.num_rows, pa.string()), "reason": pa.nulls(data.num_rows, pa.string())}
+    for name, column in extra.items():
+        data = data.append_column(name, column)
+    reject_keys = reader.order_keys(shard, rejects.column("id").to_pylist(), rejects.column("parent_id").to_pylist())
+    schema = store.reject_schema
+    table = pa.concat_tables([data.select(schema.names).cast(schema), rejects.select(schema.names).cast(schema)])
+    keys = data_keys + reject_keys
+    indices = data_index + rejects.column("index").to_pylist()
+    untraced = 0
+    for i, key in enumerate(keys):
+        if key is None:  # after every traced row of the shard, in file order (data first)
+            last = indices[i] if indices[i] is not None else shard.end - 1
+            keys[i] = f"{max(last, shard.end - 1):012d}~{untraced:09d}"
+            untraced += 1
+    if untraced:
+        log.warning("shard %s: %d rows whose ids do not derive from the build's fingerprint keep their file order", shard.name, untraced)
+    table = table.append_column(ORDER_COLUMN, pa.array(keys, pa.string()))
+    plain = table.drop_columns([c for c in ("source_image", "target_image", "mask") if c in table.column_names])
+    rows = plain.to_pylist()
+    has_src = pc.is_valid(table.column("source_image")).to_pylist()
+    has_tgt = pc.is_valid(table.column("target_image")).to_pylist()
+    for row, a, b in zip(rows, has_src, has_tgt, strict=True):
+        row["has_images"] = bool(a or b)
+    return table, rows
+
+
+def _summary(reader: BuildReader, target: Output, note: dict[str, Any] | None) -> dict[str, Any]:
+    summary = summarize(read_markers(target))
+    total = reader.summary.get("shards_total", len(reader.markers))
+    summary.update(recipe=reader.manifest.get("recipe"), fingerprint=reader.fingerprint, shards_total=total,
+                   complete=summary["shards"] == total, derived_from={"from": reader.output.url, **(note or {})})
+    return summary
