@@ -156,3 +156,13 @@ def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95, png_com
     if not ok:
         raise ValueError(f"could not encode a {image.shape} image as {fmt}")
     return buf.tobytes()
+
+
+def pixel_l1(source: np.ndarray, target: np.ndarray) -> float:
+    """Mean absolute difference over RGB on [0, 1], computed signed (AnyEdit's uint8 subtraction wraps around).
+
+    The ``pixel_change`` filter's score and ``crispedit eval``'s L1, so both measure the same thing.
+    """
+    if source.shape != target.shape:
+        raise ValueError(f"source {source.shape} and target {target.shape} differ in shape")
+    return float(np.abs(source.astype(np.int16) - target.astype(np.int16)).mean() / 255.0)

@@ -20,8 +20,9 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from crispedit.masks.twins import TINY_WORDS, seeded
+from crispedit.models.devices import resolve_dtype
 from crispedit.models.spec import ModelSpec, load_model, register_twin
+from crispedit.models.twins import TINY_WORDS, seeded, tiny_autoencoder
 
 #: PixArt's scheduler, as its checkpoints ship it (scheduler/scheduler_config.json of
 #: PixArt-alpha/PixArt-XL-2-1024-MS and PixArt-Sigma-XL-2-1024-MS); the twins use it too.
@@ -70,15 +71,6 @@ class TextModels:
     name: str
 
 
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16")
-    return dtype
-
-
 def load_pixart(spec: ModelSpec, components: ModelSpec | None = None, seed: int = 0) -> PixArtModels:
     """The transformer from ``spec``; the VAE and scheduler from ``components`` (default: ``spec``)."""
 
@@ -86,11 +78,11 @@ def load_pixart(spec: ModelSpec, components: ModelSpec | None = None, seed: int 
         from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
         transformer = PixArtTransformer2DModel.from_pretrained(
-            model_id, subfolder="transformer", torch_dtype=torch_dtype(spec.dtype), **kwargs
+            model_id, subfolder="transformer", torch_dtype=resolve_dtype(spec.dtype), **kwargs
         ).eval()
         source = components or spec
         where: dict[str, Any] = {"revision": source.revision} if source.revision else {}
-        vae = AutoencoderKL.from_pretrained(source.id, subfolder="vae", torch_dtype=torch_dtype(source.dtype), **where).eval()
+        vae = AutoencoderKL.from_pretrained(source.id, subfolder="vae", torch_dtype=resolve_dtype(source.dtype), **where).eval()
         scheduler = DPMSolverMultistepScheduler.from_pretrained(source.id, subfolder="scheduler", **where)
         name = spec.describe() + (f" + {components.describe()}" if components else "")
         return PixArtModels(transformer, vae, scheduler, name)
@@ -105,7 +97,7 @@ def load_text(spec: ModelSpec, seed: int = 0) -> TextModels:
         from transformers import AutoTokenizer, T5EncoderModel
 
         tokenizer = AutoTokenizer.from_pretrained(model_id, subfolder="tokenizer", **kwargs)
-        encoder = T5EncoderModel.from_pretrained(model_id, subfolder="text_encoder", dtype=torch_dtype(spec.dtype), **kwargs).eval()
+        encoder = T5EncoderModel.from_pretrained(model_id, subfolder="text_encoder", dtype=resolve_dtype(spec.dtype), **kwargs).eval()
         return TextModels(tokenizer, encoder, spec.describe())
 
     return load_model(spec, twin="dit4edit-t5", load=load, seed=seed)
@@ -189,14 +181,7 @@ def tiny_vae(seed: int) -> Any:
     Its scaling factor gives images' latents about unit variance, as PixArt's VAEs' scaled
     latents have (the random encoder's raw latents are ~0.3).
     """
-    from diffusers import AutoencoderKL
-
-    with seeded(seed):
-        return AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-            block_out_channels=[8, 8, 8, 8], layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=32,
-            scaling_factor=3.0,
-        ).eval()
+    return tiny_autoencoder(seed, (8, 8, 8, 8), norm_num_groups=4, sample_size=32, scaling_factor=3.0)
 
 
 def tiny_scheduler() -> Any:

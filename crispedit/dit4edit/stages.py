@@ -187,7 +187,7 @@ class Dit4EditStage(Stage):
         return ModelSpec(id=TINY_ID, dtype="float32") if self.context.tiny else spec
 
     def _device(self) -> Any:
-        from crispedit.masks.stages.ground import resolve_device
+        from crispedit.models.devices import resolve_device
 
         return resolve_device(self.params.device)
 

@@ -134,7 +134,8 @@ class ClipFilter(FilterStage):
         return {k: v for k, v in bounds.items() if v != (None, None)}
 
     def setup(self) -> None:
-        from crispedit.models.clip import Embedder, aesthetic_head
+        from crispedit.models.aesthetic import aesthetic_head
+        from crispedit.models.clip import Embedder
 
         p = self.params
         self.embedder = Embedder(p.clip_model, p.dino_model, p.device, self.context.seed, p.model_batch_size)
@@ -146,7 +147,8 @@ class ClipFilter(FilterStage):
                 raise ValueError(f"aesthetic head {p.aesthetic_head} takes {self.head.input_dim}-d embeddings; the CLIP model gives {width}")
 
     def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
-        from crispedit.models.clip import aesthetic_scores, finite_or_none
+        from crispedit.models.aesthetic import aesthetic_scores
+        from crispedit.models.clip import finite_or_none
 
         pairs = self.embedder.embed_pairs(
             [s.source_image for s in batch], [s.target_image for s in batch],

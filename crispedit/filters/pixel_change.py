@@ -6,9 +6,9 @@ difference (AnyEdit's uint8 subtraction wraps around; this does not).
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field, model_validator
 
+from crispedit.core.images import pixel_l1
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, StageParams, register_stage
 
@@ -22,12 +22,6 @@ class PixelChangeParams(StageParams):
         if self.min_l1 > self.max_l1:
             raise ValueError(f"min_l1 ({self.min_l1}) is above max_l1 ({self.max_l1})")
         return self
-
-
-def pixel_l1(source: np.ndarray, target: np.ndarray) -> float:
-    if source.shape != target.shape:
-        raise ValueError(f"source {source.shape} and target {target.shape} differ in shape")
-    return float(np.abs(source.astype(np.int16) - target.astype(np.int16)).mean() / 255.0)
 
 
 @register_stage

@@ -51,14 +51,16 @@ class SafetyFilter(FilterStage):
         return {"nsfw_source": (None, self.params.max_nsfw), "nsfw_target": (None, self.params.max_nsfw)}
 
     def setup(self) -> None:
-        from crispedit.models.clip import load_safety_checker, resolve_device
+        from crispedit.models.devices import resolve_device
+        from crispedit.models.safety import load_safety_checker
 
         self.device = resolve_device(self.params.device)
         self.checker, self.preprocess = load_safety_checker(self.params.model, self.context.seed)
         self.checker.to(self.device)
 
     def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
-        from crispedit.models.clip import finite_or_none, safety_scores
+        from crispedit.models.clip import finite_or_none
+        from crispedit.models.safety import safety_scores
 
         images = [img for s in batch for img in (s.source_image, s.target_image) if img is not None]
         values: list[float] = []

@@ -110,7 +110,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate(args.checkpoint, args.benchmark, args.out_dir, fmt=args.format, columns=parse_columns(args.columns),
                       split=args.split, steps=args.steps, seed=args.seed, limit=args.limit, device=_device(args.device),
                       clip_id=args.clip_model, dino_id=args.dino_model, overrides=args.set, save_images=args.save_images,
-                      llm_settings=_llm(args))
+                      llm_settings=_llm(args), scorer_seed=args.scorer_seed)
     print_summary(report)
     print(json.dumps({"samples": str(report.samples_path), "summary": str(report.summary_path), "n": report.n,
                       "metrics": report.summary.get("all", {})}))
@@ -179,17 +179,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP id or path for CLIP-I and CLIP-T")
     p.add_argument("--dino-model", default="facebook/dinov2-base", help="DINOv2 id or path for DINO")
+    p.add_argument("--scorer-seed", type=int, default=0,
+                   help="seed of the tiny CLIP/DINOv2 twins of a tiny checkpoint (a --tiny build's recipe seed scores alike)")
     _llm_flags(p, "GEdit-style MLLM scores")
     _set_flag(p)
     p.set_defaults(func=_eval)
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from crispedit.models.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(name))
 
 
 def main(argv: list[str] | None = None) -> int:

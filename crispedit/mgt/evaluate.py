@@ -75,13 +75,17 @@ def evaluate(checkpoint: str | Path, benchmark: str | Path, out_dir: str | Path,
              columns: dict[str, str] | None = None, split: str | None = None, steps: int | None = None, seed: int = 0,
              limit: int | None = None, device: str = "cpu", clip_id: str = EVAL_CLIP_ID, dino_id: str = EVAL_DINO_ID,
              overrides: list[str] | None = None, save_images: bool = False, llm_settings: Any = None,
-             mllm_batch: int = 8) -> EvalReport:
+             mllm_batch: int = 8, scorer_seed: int = 0) -> EvalReport:
+    """Edit every row of ``benchmark`` with ``checkpoint`` and score it (see the module docstring).
+
+    ``scorer_seed`` seeds the tiny CLIP/DINOv2 twins of a tiny checkpoint, as a recipe's seed
+    seeds a ``--tiny`` build's: the same seed gives the same scores for the same pair.
+    """
     files = benchmark_files(benchmark, split)
     layout = detect_layout(pq.ParquetFile(files[0]).schema_arrow.names, fmt, columns)
     log.info("benchmark %s: %s layout, %d file(s), columns %s", benchmark, layout.name, len(files), layout.columns)
     pipe = EditPipeline.from_checkpoint(checkpoint, device=device, overrides=overrides)
-    models = MetricModels(tiny=pipe.cfg.is_tiny, seed=pipe.cfg.model.tiny_seed, device=device,
-                          clip_id=clip_id, dino_id=dino_id)
+    models = MetricModels(tiny=pipe.cfg.is_tiny, seed=scorer_seed, device=device, clip_id=clip_id, dino_id=dino_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scorer = None

@@ -1,63 +1,39 @@
 """Tiny random-init twins of every pretrained component, built from small configs.
 
 They are the SAME classes as the real models (diffusers VQModel, CLIPTextModelWithProjection
-+ CLIPTokenizer, Gemma2ForCausalLM, CLIPModel, Dinov2Model), so tests and `--tiny` runs go
-through the real code paths without downloading weights. Each factory seeds its own RNG
++ CLIPTokenizer, Gemma2ForCausalLM), so tests and `--tiny` runs go through the real code paths
+without downloading weights; they are built with the project's twin kit (crispedit.models.twins).
+The metrics' CLIP and DINOv2 twins are the build's scorer's (crispedit.models.clip). Each factory seeds its own RNG
 fork, so every process (trainer, `crispedit edit`, `crispedit eval`) rebuilds identical
 weights from the config alone.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
 
-import torch
+from crispedit.models.twins import clip_tokenizer_from, seeded, write_tiny_clip_vocab
 
 # Characters the tiny tokenizers know; everything else maps to unknown / is dropped.
 _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
 
 
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with a fixed torch seed without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 @lru_cache(maxsize=1)
 def _clip_vocab_dir() -> str:
-    """Write a character-level CLIP BPE vocabulary (no merges) once per process."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in _CHARS:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    root = Path(tempfile.mkdtemp(prefix="crispedit-tiny-clip-"))
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    return str(root)
+    """A character-level CLIP BPE vocabulary (the kit's letters and symbols, no words), written once per process."""
+    return str(write_tiny_clip_vocab(tempfile.mkdtemp(prefix="crispedit-tiny-clip-"), words=(), symbols="0123456789?'-"))
 
 
 def tiny_clip_tokenizer(max_length: int = 16):
-    from transformers import CLIPTokenizer
-
-    root = Path(_clip_vocab_dir())
-    return CLIPTokenizer(
-        vocab_file=str(root / "vocab.json"), merges_file=str(root / "merges.txt"), model_max_length=max_length
-    )
+    return clip_tokenizer_from(_clip_vocab_dir(), max_length)
 
 
 def tiny_clip_text_model(projection_dim: int, seed: int, max_length: int = 16):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    vocab_size = 2 + 2 * len(_CHARS)
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=len(tiny_clip_tokenizer(max_length)), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         max_position_embeddings=max(max_length, 16), projection_dim=projection_dim,
         bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )
@@ -108,24 +84,3 @@ def tiny_vq(codebook_size: int, seed: int):
             block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, num_vq_embeddings=codebook_size,
             norm_num_groups=4, vq_embed_dim=4, lookup_from_codebook=True, mid_block_add_attention=False,
         ).eval()
-
-
-def tiny_clip_model(seed: int, image_size: int = 32):
-    """Full CLIP (vision + text) twin for the CLIP-I and CLIP-T metrics."""
-    from transformers import CLIPConfig, CLIPModel
-
-    text = dict(vocab_size=2 + 2 * len(_CHARS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=8)
-    with seeded(seed):
-        return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
-
-
-def tiny_dino_model(seed: int, image_size: int = 32):
-    from transformers import Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                          image_size=image_size, patch_size=8)
-    with seeded(seed):
-        return Dinov2Model(config).eval()

@@ -1,8 +1,8 @@
 """One batched scoring module: CLIP and DINOv2 embeddings, and the similarity scores built on them.
 
-Shared by the filter stages (``clip_filter``, ``safety_filter``) and meant for ``crispedit
-eval`` as well, so a pair is scored the same way when it is built and when a model trained
-on it is evaluated. What it guarantees:
+Shared by the filter stages (``clip_filter``, ``locality_filter``) and ``crispedit eval``
+(crispedit.mgt.metrics), so a pair is scored the same way when it is built and when a model
+trained on it is evaluated. What it guarantees:
 
 * **the real classes**: transformers ``CLIPModel`` (+ its tokenizer) and ``AutoModel`` for
   DINOv2 (``Dinov2Model``, or ``Dinov2WithRegistersModel`` when the checkpoint is one), loaded
@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from crispedit.models.devices import resolve_device, resolve_dtype
 from crispedit.models.spec import ModelSpec, load_model, register_twin
+from crispedit.models.twins import clip_tokenizer_from, seeded, write_tiny_clip_vocab
 
 CLIP_ID = "openai/clip-vit-large-patch14"
 DINO_ID = "facebook/dinov2-base"
-SAFETY_ID = "CompVis/stable-diffusion-safety-checker"
 #: CLIP's text context; every caption is padded to it, so a batch gives what its rows give alone.
 CLIP_TEXT_LENGTH = 77
 
@@ -40,6 +41,8 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Characters the tiny CLIP vocabulary knows beyond the kit's letters (see _tiny_clip_vocab).
+TINY_SYMBOLS = "0123456789-'?:;()"
 #: Input side of the tiny twins: small enough for tests, big enough for 4x4 patches of 8 px.
 TINY_IMAGE = 32
 # The tiny twins run in float64. A matrix product's rounding depends on its shape, so in
@@ -131,34 +134,22 @@ def _as_dict(value: Any) -> dict[str, Any]:
 def _tiny_clip_vocab() -> str:
     """The tiny CLIP BPE vocabulary, written once per process (a tokenizer is read from files).
 
-    The mask twins' vocabulary plus digits and a few symbols: an unknown character maps to
+    The kit's words and letters plus digits and a few symbols: an unknown character maps to
     ``<|endoftext|>``, where CLIP pools, so "photo 1" and "photo 2" would embed alike.
     """
-    import json
     import tempfile
 
-    from crispedit.masks.twins import write_tiny_clip_vocab
-
-    folder = write_tiny_clip_vocab(tempfile.mkdtemp(prefix="crispedit-scoring-vocab-"))
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    for symbol in "0123456789-'?:;()":
-        for token in (symbol, f"{symbol}</w>"):
-            vocab.setdefault(token, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    return str(folder)
+    return str(write_tiny_clip_vocab(tempfile.mkdtemp(prefix="crispedit-scoring-vocab-"), symbols=TINY_SYMBOLS))
 
 
 def tiny_clip_tokenizer() -> Any:
-    from crispedit.masks.twins import tiny_clip_tokenizer as make
-
-    return make(_tiny_clip_vocab(), max_length=CLIP_TEXT_LENGTH)
+    return clip_tokenizer_from(_tiny_clip_vocab(), max_length=CLIP_TEXT_LENGTH)
 
 
 def tiny_clip(seed: int) -> tuple[Any, Any, Preprocess]:
     """CLIPModel with 1-layer 16-wide towers on 32-px images (16 patches), its tokenizer and preprocessing."""
     from transformers import CLIPConfig, CLIPModel
 
-    from crispedit.masks.twins import seeded
 
     tokenizer = tiny_clip_tokenizer()
     text = dict(
@@ -176,7 +167,6 @@ def tiny_dino(seed: int) -> tuple[Any, Preprocess]:
     """Dinov2Model, 1 layer, 16 wide, 32-px input; preprocessing as DINOv2's (resize 8/7 of the crop, ImageNet stats)."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from crispedit.masks.twins import seeded
 
     config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=TINY_IMAGE, patch_size=8)
     with seeded(seed):
@@ -184,46 +174,15 @@ def tiny_dino(seed: int) -> tuple[Any, Preprocess]:
     return model, Preprocess(TINY_IMAGE * 8 // 7, (TINY_IMAGE, TINY_IMAGE), _IMAGENET_MEAN, _IMAGENET_STD)
 
 
-def tiny_safety_checker(seed: int) -> tuple[Any, Preprocess]:
-    """diffusers' StableDiffusionSafetyChecker from a tiny CLIPConfig; concept thresholds stay at their init (1.0)."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig
-
-    from crispedit.masks.twins import seeded
-
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=TINY_IMAGE, patch_size=8)
-    text = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    with seeded(seed):
-        model = StableDiffusionSafetyChecker(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).double().eval()
-    return model, Preprocess(TINY_IMAGE, (TINY_IMAGE, TINY_IMAGE), _CLIP_MEAN, _CLIP_STD)
-
-
 register_twin("clip-scorer")(tiny_clip)
 register_twin("dino-scorer")(tiny_dino)
-register_twin("safety-checker")(tiny_safety_checker)
 
 
 # --- loading --------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> Any:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _pretrained(spec: ModelSpec, **kwargs: Any) -> dict[str, Any]:
     return {**({"revision": spec.revision} if spec.revision else {}), **kwargs}
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def load_clip(spec: ModelSpec, seed: int = 0) -> tuple[Any, Any, Preprocess]:
@@ -232,7 +191,7 @@ def load_clip(spec: ModelSpec, seed: int = 0) -> tuple[Any, Any, Preprocess]:
     def load(model_id: str, **kwargs: Any) -> tuple[Any, Any, Preprocess]:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        model = CLIPModel.from_pretrained(model_id, dtype=_torch_dtype(spec.dtype), **kwargs).eval()
+        model = CLIPModel.from_pretrained(model_id, dtype=resolve_dtype(spec.dtype), **kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
         return model, tokenizer, Preprocess.from_processor(AutoImageProcessor.from_pretrained(model_id, **kwargs))
 
@@ -245,28 +204,10 @@ def load_dino(spec: ModelSpec, seed: int = 0) -> tuple[Any, Preprocess]:
     def load(model_id: str, **kwargs: Any) -> tuple[Any, Preprocess]:
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(model_id, dtype=_torch_dtype(spec.dtype), **kwargs).eval()
+        model = AutoModel.from_pretrained(model_id, dtype=resolve_dtype(spec.dtype), **kwargs).eval()
         return model, Preprocess.from_processor(AutoImageProcessor.from_pretrained(model_id, **kwargs))
 
     return load_model(spec, "dino-scorer", load, seed)
-
-
-def load_safety_checker(spec: ModelSpec, seed: int = 0) -> tuple[Any, Preprocess]:
-    """(StableDiffusionSafetyChecker, preprocessing of its CLIP feature extractor)."""
-
-    def load(model_id: str, **kwargs: Any) -> tuple[Any, Preprocess]:
-        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-        from transformers import AutoImageProcessor
-
-        model = StableDiffusionSafetyChecker.from_pretrained(model_id, **kwargs).eval()
-        try:
-            processor = AutoImageProcessor.from_pretrained(model_id, **kwargs)
-            return model, Preprocess.from_processor(processor)
-        except OSError:  # the checker repo ships no processor config: CLIP ViT-L/14's numbers
-            side = int(model.config.vision_config.image_size)
-            return model, Preprocess(side, (side, side), _CLIP_MEAN, _CLIP_STD)
-
-    return load_model(spec, "safety-checker", load, seed)
 
 
 # --- the embedder ---------------------------------------------------------------------------
@@ -480,74 +421,6 @@ def directional_similarity(source_image: Any, target_image: Any, source_text: An
     if float(norms) <= 1e-12:
         return 0.0
     return float(torch.dot(image_dir, text_dir) / norms)
-
-
-# --- aesthetic head --------------------------------------------------------------------------
-
-
-def aesthetic_head(path: str, device: Any = "cpu") -> Any:
-    """The LAION aesthetic predictor v2: a linear MLP on the normalised CLIP ViT-L/14 image embedding.
-
-    Built from the shapes in the state dict (keys ``layers.{0,2,4,6,7}.{weight,bias}``: Linear
-    layers with dropouts between, no activations), read from ``.safetensors`` or a ``.pth``
-    state dict (``torch.load(weights_only=True)``).
-    """
-    import torch
-    from torch import nn
-
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.") and k.endswith(".weight")})
-    if not indices:
-        raise ValueError(f"{path}: not an aesthetic head (no layers.N.weight keys)")
-    modules: list[nn.Module] = []
-    for position in range(indices[-1] + 1):
-        if position in indices:
-            weight = state[f"layers.{position}.weight"]
-            modules.append(nn.Linear(weight.shape[1], weight.shape[0]))
-        else:
-            modules.append(nn.Dropout(0.0))
-    head = nn.Module()
-    head.layers = nn.Sequential(*modules)
-    head.load_state_dict({k: v for k, v in state.items() if k.startswith("layers.")})
-    head.input_dim = int(state[f"layers.{indices[0]}.weight"].shape[1])
-    return head.to(device).double().eval()  # a small MLP: float64 costs nothing and makes rows batch-independent
-
-
-def aesthetic_scores(head: Any, embeddings: Any) -> list[float]:
-    """The head's score (about 1..10 for the real weights) per normalised embedding row."""
-    import torch
-
-    with torch.inference_mode():
-        return [float(v) for v in head.layers(embeddings.to(torch.float64)).squeeze(-1).cpu()]
-
-
-# --- safety ------------------------------------------------------------------------------------
-
-
-def safety_scores(checker: Any, pixels: Any) -> list[float]:
-    """max over concepts of (cosine - concept threshold), with the checker's special-care adjustment.
-
-    diffusers' StableDiffusionSafetyChecker flags an image when this is above 0 but returns
-    only the flag; the margin is kept as the score, so a stricter (or looser) cut-off can be
-    chosen later without running the model again.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    with torch.inference_mode():
-        pooled = checker.vision_model(pixels.to(checker.dtype))[1]
-        embeds = F.normalize(checker.visual_projection(pooled).double(), dim=-1)
-        special = embeds @ F.normalize(checker.special_care_embeds.double(), dim=-1).T - checker.special_care_embeds_weights.double()
-        concept = embeds @ F.normalize(checker.concept_embeds.double(), dim=-1).T - checker.concept_embeds_weights.double()
-        adjust = (special > 0).any(dim=1, keepdim=True).float() * 0.01
-        worst = (concept + adjust).max(dim=1).values
-    return [float(v) for v in worst.cpu()]
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -6,7 +6,7 @@ tests itself (tests/pipelines/stable_diffusion_xl: a 2-level UNet with 64-wide c
 attention, a small AutoencoderKL, CLIP text encoders with hidden size 32). Differences from
 those test rigs, on purpose:
 
-* the tokenizers are written locally (crispedit.masks.twins) instead of downloaded, with
+* the tokenizers are written locally (crispedit.models.twins) instead of downloaded, with
   ``model_max_length=77`` like the real ones, and ``<|endoftext|>`` as the text encoders'
   EOS id so pooling reads the EOS position as it does for the real models;
 * the VAE has four levels, so one latent pixel is 8x8 image pixels as in SDXL (mask
@@ -24,8 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from crispedit.masks.twins import seeded, tiny_sdxl_unet, write_tiny_clip_vocab
+from crispedit.models.devices import resolve_device, resolve_dtype
 from crispedit.models.spec import TWINS, ModelSpec, load_model, register_twin
+from crispedit.models.twins import seeded, tiny_autoencoder, write_tiny_clip_vocab
 from crispedit.sdxl.options import RunOptions
 
 #: diffusers pipeline class per use.
@@ -50,6 +51,51 @@ TINY_IMAGE_ENCODER_SIDE = 32
 
 
 # --- tiny twins ---------------------------------------------------------------------------
+
+
+def tiny_sdxl_unet(seed: int, cross_attention_dim: int = 32, *, in_channels: int = 4, levels: int = 2) -> Any:
+    """UNet2DConditionModel shaped like SDXL's (text_time added embeddings, cross-attn down/up blocks), tiny.
+
+    SDXL feeds the concatenated hidden states of both text encoders as
+    ``encoder_hidden_states`` and the pooled text embedding + 6 time ids as added conditions.
+    ``levels=3`` mirrors SDXL's layout (a plain full-resolution level, then two attention
+    levels), so attention runs at two resolutions; ``in_channels=9`` is the inpainting UNet
+    (latents + mask + masked-image latents).
+    """
+    from diffusers import UNet2DConditionModel
+
+    layouts = {
+        2: dict(
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 2),
+        ),
+        3: dict(
+            block_out_channels=(32, 32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 2, 4),
+            transformer_layers_per_block=(1, 1, 2),
+        ),
+    }
+    if levels not in layouts:
+        raise ValueError(f"levels must be one of {sorted(layouts)}, got {levels}")
+    with seeded(seed):
+        return UNet2DConditionModel(
+            sample_size=16,
+            in_channels=in_channels,
+            out_channels=4,
+            layers_per_block=1,
+            cross_attention_dim=cross_attention_dim,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + pooled text (32)
+            norm_num_groups=32,
+            **layouts[levels],
+        ).eval()
 
 
 def tiny_tokenizers() -> tuple[Any, Any]:
@@ -85,14 +131,7 @@ def tiny_text_encoders(seed: int, tokenizer: Any) -> tuple[Any, Any]:
 
 def tiny_vae(seed: int) -> Any:
     """AutoencoderKL with four levels (8x downsampling, like SDXL's) and few channels."""
-    from diffusers import AutoencoderKL
-
-    with seeded(seed):
-        return AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-            block_out_channels=(8, 16, 16, 16), sample_size=64, scaling_factor=0.13025, force_upcast=False,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        ).eval()
+    return tiny_autoencoder(seed, (8, 16, 16, 16), norm_num_groups=8, sample_size=64, scaling_factor=0.13025, force_upcast=False)
 
 
 def tiny_scheduler() -> Any:
@@ -206,25 +245,6 @@ register_twin("ip-adapter-sdxl")(_tiny_ip_adapter)
 
 
 # --- loading --------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: Any) -> Any:
-    """'auto': bfloat16 on a GPU that supports it, else float16 on a GPU; float32 on the CPU."""
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def load_controlnet(spec: ModelSpec, options: RunOptions, seed: int) -> Any:

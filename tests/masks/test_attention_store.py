@@ -9,11 +9,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from crispedit.masks.twins import (
-    tiny_clip_tokenizer,
-    tiny_sdxl_unet,
-    write_tiny_clip_vocab,
-)
+from crispedit.models.twins import clip_tokenizer_from, write_tiny_clip_vocab
 from crispedit.sdxl.attention_store import (
     AttentionStore,
     KeywordNotInPrompt,
@@ -21,6 +17,7 @@ from crispedit.sdxl.attention_store import (
     keyword_token_indices,
     sdxl_keyword_indices,
 )
+from crispedit.sdxl.models import tiny_sdxl_unet
 
 TOKENS = 10  # text length of the fake encoder states
 
@@ -35,7 +32,7 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory):
     from transformers import CLIPTokenizer
 
     directory = write_tiny_clip_vocab(tmp_path_factory.mktemp("clip-vocab"))
-    first = tiny_clip_tokenizer(directory, max_length=77)
+    first = clip_tokenizer_from(directory, max_length=77)
     # SDXL's second tokenizer: same BPE files, '!' as the pad token
     second = CLIPTokenizer(
         vocab=str(Path(directory) / "vocab.json"), merges=str(Path(directory) / "merges.txt"),

@@ -84,3 +84,45 @@ def test_other_layouts_need_a_column_map(tiny_checkpoint, tmp_path):
     assert report.n == 1
     with pytest.raises(ValueError, match="no such column"):
         detect_layout(["before", "prompt"], overrides={"source": "after"})
+
+
+SCORED = """\
+name: scored
+seed: 0
+output: {dir: out, shard_size: 4}
+source: {kind: skimage, photos: [astronaut, chelsea, coffee], max_side: 64}
+stages:
+  - kind: instruct
+  - kind: classical
+  - kind: clip_filter
+    clip_model: tiny
+    dino_model: tiny
+"""
+
+
+def test_a_build_and_eval_score_a_pair_alike(tmp_path):
+    """The eval metrics are the build's scorer: the same pair gets the same CLIP and DINOv2 scores."""
+    import io
+
+    from PIL import Image
+
+    from crispedit.engine import build
+    from crispedit.mgt.metrics import MetricModels, edit_metrics
+    from crispedit.recipe import load_plan
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(SCORED)
+    out = tmp_path / "out"
+    build(load_plan(recipe, out=out), runner="local", progress=False)
+    rows = pq.read_table(next((out / "data").glob("*.parquet"))).to_pylist()
+    assert rows
+    models = MetricModels(tiny=True, seed=0)  # the recipe's seed
+    for row in rows:
+        source = Image.open(io.BytesIO(row["source_image"]["bytes"]))
+        target = Image.open(io.BytesIO(row["target_image"]["bytes"]))
+        # the "edit" is the build's target: eval's metrics of (source -> edit) are the build's of the pair
+        scores = edit_metrics(models, target, source, None, row["source_caption"], row["target_caption"])
+        assert scores["clip_i_source"] == pytest.approx(row["clip_i"], abs=1e-9)
+        assert scores["clip_t"] == pytest.approx(row["clip_t_target"], abs=1e-9)
+        assert scores["clip_dir"] == pytest.approx(row["clip_dir"], abs=1e-9)
+        assert scores["dino_source"] == pytest.approx(row["dino_i"], abs=1e-9)

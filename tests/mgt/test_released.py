@@ -21,10 +21,8 @@ from crispedit.mgt.config import MGTConfig
 from crispedit.mgt.pipeline import EditPipeline
 from crispedit.mgt.released import is_released_layout, released_config
 from crispedit.mgt.tiny import (
-    tiny_clip_model,
     tiny_clip_text_model,
     tiny_clip_tokenizer,
-    tiny_dino_model,
     tiny_llm,
     tiny_llm_tokenizer,
     tiny_vq,
@@ -94,12 +92,15 @@ def test_edit_and_eval_accept_the_released_layout(released, tmp_path):
 
     # metric models given as local folders, as a user without hub access would
     clip_dir, dino_dir = tmp_path / "clip", tmp_path / "dino"
-    tiny_clip_model(10).save_pretrained(clip_dir)
-    tiny_clip_tokenizer(77).save_pretrained(clip_dir)
+    from crispedit.models.clip import tiny_clip, tiny_dino
+
+    clip_model, clip_tokenizer, _ = tiny_clip(10)
+    clip_model.save_pretrained(clip_dir)
+    clip_tokenizer.save_pretrained(clip_dir)
     from transformers import BitImageProcessor, CLIPImageProcessor
 
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip_dir)
-    tiny_dino_model(11).save_pretrained(dino_dir)
+    tiny_dino(11)[0].save_pretrained(dino_dir)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(dino_dir)
     bench = tmp_path / "bench.parquet"
     rng = np.random.default_rng(0)

@@ -16,10 +16,11 @@ from pydantic import Field
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.masks import soft, twins  # noqa: F401  (twins: registers the tiny GroundingDINO and SAM)
+from crispedit.models.devices import resolve_device
 from crispedit.models.spec import ModelSpec, load_model
 
 if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a recipe stays light
-    import torch
+    pass
 
 
 class GroundParams(StageParams):
@@ -44,15 +45,6 @@ class GroundParams(StageParams):
 
     def weights(self) -> soft.SoftMaskWeights:
         return soft.SoftMaskWeights(self.precise_weight, self.smooth_weight, self.box_weight, self.hull_weight)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' is the first GPU when there is one, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _pretrained_pair(model_cls: Any, processor_cls: Any, spec: ModelSpec) -> Any:
