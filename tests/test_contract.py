@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crispedit.core.failures import StageBroken
+from crispedit.core.presets import BUNDLED
 from crispedit.engine import build
 from crispedit.recipe import load_plan
 from crispedit.recipe.located import RecipeError
@@ -153,7 +154,7 @@ def test_a_bad_stage_order_is_a_located_validate_error(tmp_path: Path) -> None:
 def test_filter_chains_can_be_included_between_stages(tmp_path: Path) -> None:
     text = BEST_OF_N.replace("  - kind: pixel_change\n    min_l1: 0.05\n", "  - include: basic\n")
     (tmp_path / "filters").mkdir()
-    (tmp_path / "filters" / "basic.yaml").write_text((REPO / "filters" / "basic.yaml").read_text())
+    (tmp_path / "filters" / "basic.yaml").write_text((BUNDLED / "filters" / "basic.yaml").read_text())
     plan = load_plan(write_recipe(tmp_path, text))
     assert [s.name for s in plan.stages] == ["candidates", "pixel_change", "select"]
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from crispedit.core.presets import BUNDLED
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext
 from crispedit.engine.run import apply_stage
@@ -19,7 +20,6 @@ from crispedit.filters.safety_filter import SafetyFilter, SafetyParams
 from crispedit.models.clip import Embedder, Preprocess, directional_similarity, tiny_clip
 from crispedit.models.spec import ModelSpec, tiny_swap
 from crispedit.recipe.catalog import STAGES
-from tests.conftest import REPO
 
 CONTEXT = BuildContext("filters", "filters", seed=0, tiny=True)
 
@@ -216,7 +216,7 @@ def test_locality_inside_and_outside_the_mask() -> None:
 
 @pytest.mark.parametrize("name", ["ip2p", "ultraedit", "mllm_judge"])
 def test_presets_validate_and_cite_each_threshold(name: str) -> None:
-    path = REPO / "filters" / f"{name}.yaml"
+    path = BUNDLED / "filters" / f"{name}.yaml"
     chain = yaml.safe_load(path.read_text(encoding="utf-8"))
     lines = path.read_text(encoding="utf-8").splitlines()
     for raw in tiny_swap(chain["stages"]):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from crispedit.core.presets import BUNDLED
 from crispedit.engine import BuildError, build
 from crispedit.recipe import load_plan
 from tests.conftest import QUICKSTART, write_recipe
@@ -54,7 +55,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[list
     folder = tmp_path_factory.mktemp("resume")
     recipe = write_recipe(folder, RECIPE, "quickstart.yaml")
     (folder / "filters").mkdir()
-    (folder / "filters" / "basic.yaml").write_text((QUICKSTART.parent.parent / "filters" / "basic.yaml").read_text())
+    (folder / "filters" / "basic.yaml").write_text((BUNDLED / "filters" / "basic.yaml").read_text())
     out = folder / "uninterrupted"
     build(load_plan(recipe, out=out), runner="local", progress=False)
     return recipe, ids_of(out)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from s3_server import S3, s3  # noqa: F401  (the fixture)
 
+from crispedit.core.presets import BUNDLED
 from crispedit.core.storage import Output
 from crispedit.engine import build
 from crispedit.recipe import load_plan
@@ -67,7 +68,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[list
     folder = tmp_path_factory.mktemp("s3-resume")
     recipe = write_recipe(folder, RECIPE, "quickstart.yaml")
     (folder / "filters").mkdir()
-    (folder / "filters" / "basic.yaml").write_text((QUICKSTART.parent.parent / "filters" / "basic.yaml").read_text())
+    (folder / "filters" / "basic.yaml").write_text((BUNDLED / "filters" / "basic.yaml").read_text())
     out = folder / "uninterrupted"
     build(load_plan(recipe, out=out), runner="local", progress=False)
     return recipe, ids_of(Output(out))

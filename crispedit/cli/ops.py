@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -17,7 +16,7 @@ def register(commands: Any) -> None:
         "--filters; loosening brings rejects back, tightening drops rows. Same input, same filters: the same bytes.",
     )
     refilter.add_argument("out", help="the build's output directory (or URL)")
-    refilter.add_argument("--filters", type=Path, required=True, help="a filter chain file, e.g. filters/ip2p.yaml")
+    refilter.add_argument("--filters", required=True, help="a filter chain: a file, or a bundled name (basic, ip2p, ultraedit, mllm_judge)")
     refilter.add_argument("--to", required=True, help="where to write the new dataset")
     refilter.add_argument("--overwrite", action="store_true", help="replace a different dataset at --to")
     refilter.add_argument("--no-plots", action="store_true", help="skip the score histograms")

@@ -62,8 +62,8 @@ class QualityAnswer(BaseModel):
 
 class JudgeParams(StageParams):
     llm: LLMSettings = Field(description="the OpenAI-compatible endpoint and model (a vision model), see the instruct stage's llm block")
-    semantics_prompt: str = Field("judge_semantics.txt", description="template of the semantic question, in filters/ (or a path); `<instruction>` is replaced")
-    quality_prompt: str = Field("judge_quality.txt", description="template of the quality question, in filters/ (or a path)")
+    semantics_prompt: str = Field("judge_semantics.txt", description="template of the semantic question: a path, or a name in filters/ beside the recipe or the bundled presets; `<instruction>` is replaced")
+    quality_prompt: str = Field("judge_quality.txt", description="template of the quality question: a path, or a name as semantics_prompt")
     max_side: int = Field(512, ge=32, description="images are scaled down to this longest side before they are sent")
     min_semantics: float | None = Field(None, ge=0, le=10, description="reject when SC (min of editing success and over-editing) is below this")
     min_quality: float | None = Field(None, ge=0, le=10, description="reject when PQ (min of naturalness and artifacts) is below this")
@@ -88,16 +88,9 @@ def data_url(image: np.ndarray, max_side: int) -> str:
 
 def find_template(name: str, recipe_dir: Path) -> Path:
     """A prompt template: the path itself, or NAME in filters/ beside the recipe, above it, here, or crispedit's own."""
-    import crispedit
+    from crispedit.core.presets import find_preset
 
-    given = Path(name)
-    if given.is_absolute() or given.is_file():
-        return given
-    folders = [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters", Path(crispedit.__file__).resolve().parents[1] / "filters"]
-    for folder in folders:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"judge prompt {name!r} not found (looked in {', '.join(map(str, folders))})")
+    return find_preset("prompts", name, [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters"])
 
 
 def judge_scores(sc: SemanticsAnswer | None, pq: QualityAnswer | None) -> dict[str, float | None]:

@@ -1,6 +1,6 @@
 """Configuration of the bundled EditMGT trainer: model, data, training and sampling.
 
-One YAML file (configs/mgt/tiny.yaml, configs/mgt/full.yaml) describes everything a run needs.
+One YAML file (a bundled preset: crispedit/presets/mgt/tiny.yaml, full.yaml, ...) describes everything a run needs.
 A checkpoint stores a copy, so `crispedit edit` and `crispedit eval` rebuild exactly the
 components that were trained, including the tiny random-init twins used on CPU.
 """
@@ -188,14 +188,10 @@ class MGTConfig:
 
 
 def resolve_config(name_or_path: str | Path) -> Path:
-    """Accept a path or a bundled config name (`tiny`, `small`, `full`)."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    bundled = Path(__file__).resolve().parents[2] / "configs" / "mgt" / f"{name_or_path}.yaml"
-    if bundled.exists():
-        return bundled
-    raise FileNotFoundError(f"config {name_or_path!r}: no such file, and not a bundled name in configs/mgt/")
+    """Accept a path or a bundled config name (`tiny`, `small`, `full`, `finetune-released`)."""
+    from crispedit.core.presets import find_preset
+
+    return find_preset("mgt", name_or_path)
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crispedit.core.presets import PresetNotFound, find_preset
 from crispedit.core.reader import BuildReader, Shard
 from crispedit.core.stage import BuildContext, FilterStage, Stage
 
@@ -148,21 +149,20 @@ def _chain_or_placeholder(name: str, reader: BuildReader) -> list[dict[str, Any]
 
 
 def _filter_chain(name: str, reader: BuildReader) -> list[dict[str, Any]] | None:
-    """A filter chain's stages, looked up where ``crispedit build`` looks, plus the package's own."""
+    """A filter chain's stages, looked up as ``crispedit build`` looks (beside the build for a local one)."""
     import yaml
 
-    import crispedit
-
-    folders = [Path.cwd() / "filters", Path(crispedit.__file__).resolve().parents[1] / "filters"]
+    folders = [Path.cwd() / "filters"]
     if reader.output.is_local:
         root = Path(reader.output.root)
         folders = [root / "filters", root.parent / "filters", *folders]
-    for folder in folders:
-        file = folder / f"{name}.yaml"
-        if file.is_file():
-            chain = yaml.safe_load(file.read_text(encoding="utf-8"))
-            if isinstance(chain, dict) and isinstance(chain.get("stages"), list):
-                return [dict(s) for s in chain["stages"] if isinstance(s, dict)]
+    try:
+        file = find_preset("filters", name, folders, paths=False)
+    except PresetNotFound:
+        return None
+    chain = yaml.safe_load(file.read_text(encoding="utf-8"))
+    if isinstance(chain, dict) and isinstance(chain.get("stages"), list):
+        return [dict(s) for s in chain["stages"] if isinstance(s, dict)]
     return None
 
 

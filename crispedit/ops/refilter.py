@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from crispedit.core.presets import find_preset
 from crispedit.core.reader import BuildReader
 from crispedit.core.stage import BuildContext, FilterStage
 from crispedit.ops.build_info import StageInfo, build_stages
@@ -125,7 +126,7 @@ def refilter(src: str | Path, filters: str | Path, dst: str | Path, overwrite: b
     """Write ``dst``: ``src`` decided again with the filter parameters of ``filters`` (see the module docstring)."""
     reader = open_build(src)
     pipeline = build_stages(reader)
-    chain = new_chain(pipeline, Path(filters), reader)
+    chain = new_chain(pipeline, find_preset("filters", filters), reader)
     names = [ref.name for ref in pipeline]
     filters_after = {}
     for i, ref in enumerate(pipeline):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from crispedit.core.paths import UnsafePathError, contained
+from crispedit.core.presets import BUNDLED, PresetNotFound, find_preset
 from crispedit.core.sample import digest
 from crispedit.core.storage import is_url
 from crispedit.models.spec import tiny_swap
@@ -96,7 +97,7 @@ class Recipe(Strict):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="where the build runs (below)")
     source: dict[str, Any] = Field(description="where items come from: a mapping with `kind:` (source kinds below)")
     stages: list[dict[str, Any]] = Field(default_factory=list, description="run in order on every item: mappings with `kind:` (stage kinds below), or `include: CHAIN`")
-    filters: list[str] = Field(default_factory=list, description="filter chains from `filters/NAME.yaml`, appended after `stages`")
+    filters: list[str] = Field(default_factory=list, description="filter chains by name (`filters/NAME.yaml` beside the recipe, or a bundled one: basic, ip2p, ultraedit, mllm_judge), appended after `stages`")
     plugins: list[str] = Field(default_factory=list, description="Python modules to import first; they register stage and source kinds of their own")
 
 
@@ -328,29 +329,34 @@ def _entry(
 def _filter_chain(
     doc: LocatedYaml, path: KeyPath, name: str, recipe_dir: Path, problems: list[Problem]
 ) -> LocatedYaml | None:
-    """Find ``filters/NAME.yaml`` next to the recipe, one level up, or in the working directory."""
+    """Find chain NAME in ``filters/`` next to the recipe, one level up, in the working directory, or crispedit's own."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         problems.append(doc.problem(path, f"a filter chain is named by a plain name, not {name!r}"))
         return None
-    candidates = [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters"]
-    for folder in candidates:
-        file = folder / f"{name}.yaml"
-        if file.is_file():
-            try:
-                chain = load_located(file)
-            except RecipeError as error:
-                problems.extend(error.problems)
-                return None
-            if not isinstance(chain.data, dict) or not isinstance(chain.data.get("stages"), list):
-                problems.append(chain.problem((), "a filter chain is a mapping with a `stages:` list"))
-                return None
-            unknown = set(chain.data) - {"stages", "description"}
-            for key in sorted(unknown):
-                problems.append(chain.problem((key,), "unknown key (a filter chain has stages and description)"))
-            return None if unknown else chain
-    searched = ", ".join(str(c) for c in candidates)
-    problems.append(doc.problem(path, f"no filter chain {name!r} (looked for {name}.yaml in {searched})"))
-    return None
+    candidates = chain_folders(recipe_dir)
+    try:
+        file = find_preset("filters", name, candidates, paths=False)
+    except PresetNotFound:
+        searched = ", ".join(str(c) for c in [*candidates, BUNDLED / "filters"])
+        problems.append(doc.problem(path, f"no filter chain {name!r} (looked for {name}.yaml in {searched})"))
+        return None
+    try:
+        chain = load_located(file)
+    except RecipeError as error:
+        problems.extend(error.problems)
+        return None
+    if not isinstance(chain.data, dict) or not isinstance(chain.data.get("stages"), list):
+        problems.append(chain.problem((), "a filter chain is a mapping with a `stages:` list"))
+        return None
+    unknown = set(chain.data) - {"stages", "description"}
+    for key in sorted(unknown):
+        problems.append(chain.problem((key,), "unknown key (a filter chain has stages and description)"))
+    return None if unknown else chain
+
+
+def chain_folders(recipe_dir: Path) -> list[Path]:
+    """Where a project's own filter chains and prompts are looked for before the bundled presets."""
+    return [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters"]
 
 
 def _problems(doc: LocatedYaml, base: KeyPath, error: ValidationError) -> list[Problem]:

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from crispedit.core.presets import BUNDLED
+
 REPO = Path(__file__).resolve().parents[2]
 
 _EDITS = {
@@ -91,7 +93,7 @@ def write_crispedit_shard(out_dir: Path, n: int, size: tuple[int, int] = (24, 16
 
 @pytest.fixture(scope="session")
 def tiny_config_path() -> Path:
-    return REPO / "configs" / "mgt" / "tiny.yaml"
+    return BUNDLED / "mgt" / "tiny.yaml"
 
 
 @pytest.fixture()
@@ -115,7 +117,7 @@ def tiny_components():
     from crispedit.mgt.config import MGTConfig
     from crispedit.mgt.transformer import build_transformer
 
-    cfg = MGTConfig.load(REPO / "configs" / "mgt" / "tiny.yaml")
+    cfg = MGTConfig.load(BUNDLED / "mgt" / "tiny.yaml")
     torch.manual_seed(0)
     return cfg, build_vq(cfg.model), build_text(cfg.model), build_transformer(cfg.model.transformer).eval()
 
@@ -127,7 +129,7 @@ def tiny_checkpoint(pairs_dir, tmp_path_factory) -> Path:
     from crispedit.mgt.train import Trainer
 
     out = tmp_path_factory.mktemp("tiny-ckpt")
-    Trainer(MGTConfig.load(REPO / "configs" / "mgt" / "tiny.yaml"), [pairs_dir], out).train(max_steps=1)
+    Trainer(MGTConfig.load(BUNDLED / "mgt" / "tiny.yaml"), [pairs_dir], out).train(max_steps=1)
     return out
 
 

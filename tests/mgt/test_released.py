@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import IMAGE_TYPE, REPO, draw_photo, image_struct
+from conftest import IMAGE_TYPE, draw_photo, image_struct
 from PIL import Image
 from safetensors.torch import save_file
 
+from crispedit.core.presets import BUNDLED
 from crispedit.mgt import cli
 from crispedit.mgt.config import MGTConfig
 from crispedit.mgt.pipeline import EditPipeline
@@ -34,7 +35,7 @@ SMALL = ["--set", "model.resolution=16", "--set", "model.text_max_length=8"]
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
-    cfg = MGTConfig.load(REPO / "configs" / "mgt" / "tiny.yaml")
+    cfg = MGTConfig.load(BUNDLED / "mgt" / "tiny.yaml")
     t = cfg.model.transformer
     root = tmp_path_factory.mktemp("EditMGT")
     (root / "editmgt").mkdir()
