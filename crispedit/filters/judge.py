@@ -1,69 +1,34 @@
 """The ``judge`` stage: an MLLM rates each pair, VIEScore-style, through the shared LLM client.
 
-Two questions per pair, as VIEScore's ``tie`` task asks them (TIGER-AI-Lab/VIEScore):
-
-* semantic consistency, with both images: ``editing_success`` (does the target carry out the
-  instruction) and ``over_editing`` (is nothing else changed), 0-10 each; SC = their minimum;
-* perceptual quality, with the edited image only: ``naturalness`` and ``artifacts``, 0-10
-  each; PQ = their minimum; overall O = sqrt(SC * PQ).
-
-Every sub-score is its own column. The judge's reasoning (text) is kept in
-``provenance.judge`` because score columns are numbers. Prompts are templates in
-``filters/`` (``<instruction>`` is replaced), images go as PNG data URLs, and answers are
-validated, retried and cached by :mod:`crispedit.models.llm`. A server that fails after its
-retries raises TransientError (the shard is built again on a rerun); an answer that stays
-invalid or a refusal is the pair's own: its scores are missing and ``decide`` rejects it.
-
-Unlike VIEScore, a failed parse never becomes a made-up score.
+The questions, prompts, answer models and scores are crispedit.models.viescore's (shared with
+``crispedit eval``): semantic consistency SC = min(editing success, over-editing) with both
+images, perceptual quality PQ = min(naturalness, artifacts) with the edited image alone,
+overall O = sqrt(SC * PQ). Every sub-score is its own column. The judge's reasoning (text) is
+kept in ``provenance.judge`` because score columns are numbers. Answers are validated, retried
+and cached by :mod:`crispedit.models.llm`. A server that fails after its retries raises
+TransientError (the shard is built again on a rerun); an answer that stays invalid or a refusal
+is the pair's own: its scores are missing and ``decide`` rejects it.
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
 from crispedit.filters.clip_filter import Bound
 from crispedit.models.llm import LLMSettings
-
-INSTRUCTION_SLOT = "<instruction>"
-COLUMNS = (
-    "judge_semantics", "judge_quality", "judge_overall",
-    "judge_edit_success", "judge_over_editing", "judge_naturalness", "judge_artifacts",
-)
-
-
-class SemanticsAnswer(BaseModel):
-    """The semantic-consistency answer (both images)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reasoning: str = Field(max_length=1000)
-    editing_success: int = Field(ge=0, le=10)
-    over_editing: int = Field(ge=0, le=10)
-
-
-class QualityAnswer(BaseModel):
-    """The perceptual-quality answer (the edited image alone)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reasoning: str = Field(max_length=1000)
-    naturalness: int = Field(ge=0, le=10)
-    artifacts: int = Field(ge=0, le=10)
+from crispedit.models.llm_stage import LLMStage
+from crispedit.models.viescore import COLUMNS, QUALITY_PROMPT, SEMANTICS_PROMPT, Prompts, judge_scores, questions
 
 
 class JudgeParams(StageParams):
     llm: LLMSettings = Field(description="the OpenAI-compatible endpoint and model (a vision model), see the instruct stage's llm block")
-    semantics_prompt: str = Field("judge_semantics.txt", description="template of the semantic question: a path, or a name in filters/ beside the recipe or the bundled presets; `<instruction>` is replaced")
-    quality_prompt: str = Field("judge_quality.txt", description="template of the quality question: a path, or a name as semantics_prompt")
+    semantics_prompt: str = Field(SEMANTICS_PROMPT, description="template of the semantic question: a path, or a name in filters/ beside the recipe or the bundled presets; `<instruction>` is replaced")
+    quality_prompt: str = Field(QUALITY_PROMPT, description="template of the quality question: a path, or a name as semantics_prompt")
     max_side: int = Field(512, ge=32, description="images are scaled down to this longest side before they are sent")
     min_semantics: float | None = Field(None, ge=0, le=10, description="reject when SC (min of editing success and over-editing) is below this")
     min_quality: float | None = Field(None, ge=0, le=10, description="reject when PQ (min of naturalness and artifacts) is below this")
@@ -74,41 +39,8 @@ class JudgeParams(StageParams):
     cache: bool = Field(True, description="keep answers in the build's cache, so a rerun asks nothing twice")
 
 
-def data_url(image: np.ndarray, max_side: int) -> str:
-    """A PNG data URL of an RGB array, scaled down (never up) to ``max_side``."""
-    from PIL import Image
-
-    picture = Image.fromarray(image)
-    if max(picture.size) > max_side:
-        picture.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def find_template(name: str, recipe_dir: Path) -> Path:
-    """A prompt template: the path itself, or NAME in filters/ beside the recipe, above it, here, or crispedit's own."""
-    from crispedit.core.presets import find_preset
-
-    return find_preset("prompts", name, [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters"])
-
-
-def judge_scores(sc: SemanticsAnswer | None, pq: QualityAnswer | None) -> dict[str, float | None]:
-    """The seven columns from the two answers (None where an answer is missing)."""
-    out: dict[str, float | None] = dict.fromkeys(COLUMNS)
-    if sc is not None:
-        out.update(judge_edit_success=float(sc.editing_success), judge_over_editing=float(sc.over_editing),
-                   judge_semantics=float(min(sc.editing_success, sc.over_editing)))
-    if pq is not None:
-        out.update(judge_naturalness=float(pq.naturalness), judge_artifacts=float(pq.artifacts),
-                   judge_quality=float(min(pq.naturalness, pq.artifacts)))
-    if out["judge_semantics"] is not None and out["judge_quality"] is not None:
-        out["judge_overall"] = math.sqrt(out["judge_semantics"] * out["judge_quality"])
-    return out
-
-
 @register_stage
-class JudgeStage(FilterStage):
+class JudgeStage(LLMStage, FilterStage):
     """VIEScore-style semantic consistency and perceptual quality from a multimodal LLM."""
 
     kind = "judge"
@@ -134,35 +66,23 @@ class JudgeStage(FilterStage):
     def accepts(self, sample: Sample) -> bool:
         return super().accepts(sample) if self.params.score_rejects else sample.alive
 
+    def llm_cache_dir(self) -> Path | None:
+        return self.context.cache_dir if self.params.cache else None
+
     def setup(self) -> None:
-        from crispedit.models.llm import LLMClient
-
-        p = self.params
-        self.templates = {
-            "semantics": find_template(p.semantics_prompt, self.context.recipe_dir).read_text(encoding="utf-8"),
-            "quality": find_template(p.quality_prompt, self.context.recipe_dir).read_text(encoding="utf-8"),
-        }
-        self.client = LLMClient(p.llm, self.context.cache_dir if p.cache else None, stage=self.name)
-
-    def _messages(self, text: str, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-        parts += [{"type": "image_url", "image_url": {"url": data_url(i, self.params.max_side)}} for i in images]
-        return [{"role": "user", "content": parts}]
+        folders = [self.context.recipe_dir / "filters", self.context.recipe_dir.parent / "filters", Path.cwd() / "filters"]
+        self.prompts = Prompts.load(self.params.semantics_prompt, self.params.quality_prompt, folders)
+        super().setup()
 
     def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
-        from crispedit.models.llm import LLMRequest
-
-        requests: list[LLMRequest] = []
+        requests = []
         slots: list[tuple[int, str]] = []
         for i, s in enumerate(batch):
             if s.target_image is None:
                 continue
-            if s.source_image is not None and s.instruction:
-                text = self.templates["semantics"].replace(INSTRUCTION_SLOT, s.instruction)
-                requests.append(LLMRequest(self._messages(text, [s.source_image, s.target_image]), SemanticsAnswer))
-                slots.append((i, "semantics"))
-            requests.append(LLMRequest(self._messages(self.templates["quality"], [s.target_image]), QualityAnswer))
-            slots.append((i, "quality"))
+            for question, request in questions(self.prompts, s.source_image, s.target_image, s.instruction, self.params.max_side):
+                requests.append(request)
+                slots.append((i, question))
         answers = self.client.ask_many(requests)  # TransientError when the server stays unavailable
         found: dict[int, dict[str, Any]] = {i: {} for i in range(len(batch))}
         for (i, question), answer in zip(slots, answers, strict=True):

@@ -19,8 +19,6 @@ own seed, so the same recipe asks the same questions and a rerun is answered fro
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import random
 from typing import Any, ClassVar, Literal
@@ -34,6 +32,7 @@ from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.instruct.specs import NoObject, answer_model, template_spec
 from crispedit.instruct.taxonomies import REGION_OPS, Category, Vocabulary, load_taxonomy, load_vocabulary
 from crispedit.models.llm import LLMSettings
+from crispedit.models.llm_stage import LLMStage, image_url
 
 log = logging.getLogger("crispedit")
 
@@ -116,7 +115,7 @@ class InstructParams(StageParams):
 
 
 @register_stage
-class InstructStage(Stage):
+class InstructStage(LLMStage, Stage):
     kind = "instruct"
     Params = InstructParams
     params: InstructParams
@@ -126,24 +125,12 @@ class InstructStage(Stage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.client: Any = None
         self._vocabulary: Vocabulary | None = None
-        self._warned_tiny = False
 
     # -- declarations -------------------------------------------------------------------
     @property
     def mode(self) -> str:
         return self.params.resolved_mode
-
-    @property
-    def offline(self) -> bool:
-        """Template answers: the template backend, or any backend under --tiny."""
-        return self.params.backend == "template" or self.context.tiny
-
-    @property
-    def in_actor_pool(self) -> bool:
-        """Only a live LLM backend holds a client worth keeping per actor; template answers are a CPU step."""
-        return not self.offline
 
     def inputs(self) -> set[str]:
         return {"caption": {"source_caption"}, "image": {"source_image"}}.get(self.mode, set())
@@ -166,13 +153,6 @@ class InstructStage(Stage):
         return {"llm": f"{self.params.llm.model} at {public_url(self.params.llm.base_url)}"}
 
     # -- running --------------------------------------------------------------------------
-    def setup(self) -> None:
-        if self.params.backend == "openai" and not self.context.tiny and self.client is None:
-            from crispedit.models.llm import LLMClient
-
-            assert self.params.llm is not None
-            self.client = LLMClient(self.params.llm, self.context.cache_dir, stage=self.name)
-
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         if self.mode == "global":
             self._global(batch)
@@ -204,9 +184,7 @@ class InstructStage(Stage):
 
     def _template(self, batch: list[Sample]) -> None:
         """Offline specifications from the taxonomy and the vocabulary, validated like LLM answers."""
-        if self.params.backend == "openai" and not self._warned_tiny:
-            log.warning("stage %s: --tiny: the template backend answers (same taxonomy and schema); no LLM request is sent", self.name)
-            self._warned_tiny = True
+        self.warn_offline("the template backend answers (same taxonomy and schema)")
         taxonomy = load_taxonomy(self.params.taxonomy)
         vocabulary = self._words()
         weights = self.params.weights()
@@ -276,7 +254,7 @@ class InstructStage(Stage):
                 caption=sample.source_caption,
                 topic=sample.meta.get("topic"),
                 hint=hint,
-                image_url=self._data_url(sample) if self.mode == "image" else None,
+                image_url=image_url(sample.source_image, self.params.max_image_side) if self.mode == "image" else None,
             )
             seed = sample.seed("instruct-llm")
             if self.params.llm.seed is not None:
@@ -335,18 +313,6 @@ class InstructStage(Stage):
         if self._vocabulary is None:
             self._vocabulary = load_vocabulary(self.params.vocabulary)
         return self._vocabulary
-
-    def _data_url(self, sample: Sample) -> str:
-        from PIL import Image
-
-        image = Image.fromarray(sample.source_image)
-        side = self.params.max_image_side
-        if max(image.size) > side:
-            scale = side / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def _fill(self, sample: Sample, answer: Any) -> None:
         sample.instruction = answer.instruction

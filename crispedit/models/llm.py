@@ -10,7 +10,7 @@ OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, Ollama...), so they get them h
   it becomes a reject whose reason says what was wrong;
 * **failures kept apart**: a server that is down, overloaded (429/5xx) or slow is retried with
   exponential backoff and jitter that honours ``Retry-After``; when retries run out that is
-  :class:`~crispedit.core.stage.TransientError` (the shard is built again on a rerun), never
+  :class:`~crispedit.core.failures.TransientError` (the shard is built again on a rerun), never
   a reject. A refusal, an invalid answer or a 4xx other than 429 (a context-length error) is
   the sample's fault and comes back as :attr:`LLMAnswer.error`;
 * **at scale**: bounded concurrency inside a batch and token buckets for requests and tokens

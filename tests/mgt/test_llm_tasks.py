@@ -27,7 +27,9 @@ def _answer(body):
         if "sepia" in instruction:
             return {"task": "sepia"}  # not in the vocabulary: the client must refuse it
         return {"task": "color" if "invert" in instruction else "geometry"}
-    return {"editing_success": 8, "over_editing": 6, "naturalness": 9, "artifacts": 4, "reason": "ok"}
+    if "editing_success" in props:  # the VIEScore questions the judge filter asks too
+        return {"reasoning": "ok", "editing_success": 8, "over_editing": 6}
+    return {"reasoning": "ok", "naturalness": 9, "artifacts": 4}
 
 
 @pytest.fixture()
@@ -82,4 +84,5 @@ def test_edit_predicts_the_task_and_eval_scores_with_the_mllm(server, tiny_confi
     assert (row["mllm_semantics"], row["mllm_quality"]) == (6.0, 4.0)
     assert row["mllm_overall"] == pytest.approx(24 ** 0.5) and row["mllm_error"] is None
     judged = [b for b in server.requests if "editing_success" in str(b.get("response_format"))]
-    assert judged and any(p.get("type") == "image_url" for p in judged[0]["messages"][0]["content"])
+    assert judged and sum(p.get("type") == "image_url" for p in judged[0]["messages"][0]["content"]) == 2
+    assert "flip it" in judged[0]["messages"][0]["content"][0]["text"]  # the judge_semantics.txt template, filled

@@ -17,9 +17,7 @@ colour), e.g. "make the red object move to the left".
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import logging
 from typing import Any, ClassVar, Literal
 
@@ -28,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.models.llm import LLMSettings
+from crispedit.models.llm_stage import LLMStage, image_url
 
 log = logging.getLogger("crispedit")
 
@@ -160,7 +159,7 @@ def rewrite_messages(description: ChangeDescription, categories: tuple[str, ...]
 
 
 @register_stage
-class VideoCaptionStage(Stage):
+class VideoCaptionStage(LLMStage, Stage):
     """A vision model sees both frames of a pair and writes the instruction, captions, objects and category."""
 
     kind = "video_caption"
@@ -171,19 +170,6 @@ class VideoCaptionStage(Stage):
     requires = ("source_image", "target_image")
     provides = ("instruction", "source_caption", "target_caption", "edit_objects", "task")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client: Any = None
-        self._warned_tiny = False
-
-    @property
-    def offline(self) -> bool:
-        return self.params.backend == "template" or self.context.tiny
-
-    @property
-    def in_actor_pool(self) -> bool:
-        return not self.offline
-
     def model_ids(self) -> dict[str, str]:
         if self.params.backend != "openai" or self.params.llm is None:
             return {}
@@ -192,18 +178,6 @@ class VideoCaptionStage(Stage):
         from crispedit.instruct.stages import public_url
 
         return {"vlm": f"{self.params.llm.model} at {public_url(self.params.llm.base_url)}"}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["client"] = None
-        return state
-
-    def setup(self) -> None:
-        if not self.offline and self.client is None:
-            from crispedit.models.llm import LLMClient
-
-            assert self.params.llm is not None
-            self.client = LLMClient(self.params.llm, self.context.cache_dir, stage=self.name)
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         live = []
@@ -222,9 +196,7 @@ class VideoCaptionStage(Stage):
 
     # -- offline ----------------------------------------------------------------------------
     def _template(self, batch: list[Sample]) -> None:
-        if self.params.backend == "openai" and not self._warned_tiny:
-            log.warning("stage %s: --tiny: the template backend answers (same fields); no request is sent", self.name)
-            self._warned_tiny = True
+        self.warn_offline("the template backend answers (same fields)")
         backend = "template (tiny)" if self.params.backend == "openai" else "template"
         category = "spatial_transformation" if "spatial_transformation" in self.params.categories else self.params.categories[0]
         for sample in batch:
@@ -309,21 +281,6 @@ class VideoCaptionStage(Stage):
         return seed
 
     def _urls(self, sample: Sample) -> tuple[str, str]:
-        return self._data_url(sample.source_image), self._data_url(sample.target_image)
-
-    def _data_url(self, pixels: Any) -> str:
-        from PIL import Image
-
-        image = Image.fromarray(pixels)
-        side = self.params.max_image_side
-        if max(image.size) > side:
-            scale = side / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        if self.params.image_format == "jpeg":
-            image.save(buffer, format="JPEG", quality=self.params.jpeg_quality)
-            mime = "image/jpeg"
-        else:
-            image.save(buffer, format="PNG")
-            mime = "image/png"
-        return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        p = self.params
+        source, target = (image_url(i, p.max_image_side, p.image_format, p.jpeg_quality) for i in (sample.source_image, sample.target_image))
+        return source, target
