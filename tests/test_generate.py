@@ -70,6 +70,19 @@ def test_global_alignment_maps_matches_and_leaves_insertions_unmapped() -> None:
     assert global_alignment([0, 1], [0, 1]) == [0, 1]
 
 
+def test_the_mismatch_rules_of_sdxl_and_dit4edit_agree_under_p2p_scores() -> None:
+    """DiT4Edit's refinement calls the same alignment with mismatch="own"; with gap 0 a mismatch never wins."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        a = [rng.randrange(4) for _ in range(rng.randrange(0, 9))]
+        b = [rng.randrange(4) for _ in range(rng.randrange(0, 9))]
+        mapped = global_alignment(a, b, mismatch="map")
+        assert mapped == global_alignment(a, b, mismatch="own")
+        assert all(j < 0 or a[j] == b[k] for k, j in enumerate(mapped))  # only equal tokens map
+
+
 def test_the_two_tokenizers_must_agree(pipe) -> None:
     from transformers import CLIPTokenizer
 

@@ -109,29 +109,18 @@ def replace_mapper(source: PromptTokens, target: PromptTokens, length: int) -> t
 def refine_mapper(source: PromptTokens, target: PromptTokens, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """P2P's refinement: (index, alpha) over target positions from a global alignment of the token ids.
 
-    Needleman-Wunsch with P2P's scores (match +1, mismatch -1, gap 0). A target token aligned
-    with an equal source token takes that token's map (alpha 1); inserted tokens and padding
-    keep their own (alpha 0).
+    The project's one alignment (crispedit.sdxl.alignment.global_alignment: Needleman-Wunsch with
+    P2P's scores, match +1, mismatch -1, gap 0) with ``mismatch="own"``: a target token aligned
+    with an equal source token takes that token's map (alpha 1); inserted tokens, changed tokens
+    and padding keep their own (alpha 0).
     """
-    a, b = source.ids, target.ids
-    n, m = len(a), len(b)
-    score = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            diagonal = score[i - 1][j - 1] + (1 if a[i - 1] == b[j - 1] else -1)
-            score[i][j] = max(diagonal, score[i - 1][j], score[i][j - 1])
+    from crispedit.sdxl.alignment import global_alignment
+
     index = torch.zeros(length, dtype=torch.long)
     alpha = torch.zeros(length)
-    i, j = n, m
-    while i > 0 and j > 0:
-        if a[i - 1] == b[j - 1] and score[i][j] == score[i - 1][j - 1] + 1:
-            if j - 1 < length:
-                index[j - 1], alpha[j - 1] = i - 1, 1.0
-            i, j = i - 1, j - 1
-        elif score[i][j] == score[i][j - 1]:
-            j -= 1
-        else:
-            i -= 1
+    for j, i in enumerate(global_alignment(source.ids, target.ids, mismatch="own")):
+        if i >= 0 and j < length:
+            index[j], alpha[j] = i, 1.0
     return index, alpha
 
 

@@ -8,6 +8,8 @@ Prompt-to-Prompt (Hertz et al., 2022) edits the target's cross-attention with th
 * **refine** - otherwise ("a cat" -> "a fluffy cat on a sofa"): a global alignment of the two
   token sequences (Needleman-Wunsch; match +1, mismatch -1, gap 0 as in P2P) maps each target
   token to its source token, and inserted tokens (no source token) keep their own attention.
+  :func:`global_alignment` is the one alignment of the project; DiT4Edit's refinement calls it
+  too, with its own rule for mismatches.
 
 SDXL has two text encoders whose hidden states are concatenated along the feature axis, so
 both share ONE token axis: the mapping must be the same for both tokenizers (they share a BPE
@@ -16,6 +18,7 @@ and differ in the pad token). :func:`sdxl_mapping` computes it for each and chec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,12 +73,16 @@ def token_ids(tokenizer: Any, prompt: str) -> tuple[list[int], int]:
     return list(ids), used
 
 
-def global_alignment(source: list[int], target: list[int]) -> list[int]:
+def global_alignment(source: Sequence[int], target: Sequence[int], mismatch: Literal["map", "own"] = "map") -> list[int]:
     """Needleman-Wunsch over token ids; for each target token its aligned source index or -1.
 
-    A diagonal step maps the target token to the source token (match or mismatch); with
-    gap 0 < mismatch, substitutions become a deletion plus an insertion, so a changed word
-    keeps its own attention. Ties prefer the diagonal, then a target insertion.
+    P2P's scores: match +1, mismatch -1, gap 0. The traceback prefers the diagonal, then a
+    target insertion. ``mismatch`` says what a diagonal step between two different tokens
+    does: ``map`` takes it and maps the target token to the source token (SDXL's P2P here);
+    ``own`` never takes it, so only equal tokens map and every other target token keeps its
+    own attention (DiT4Edit's refinement). With P2P's scores the two give the same mapping (gap
+    0 > mismatch -1, so a diagonal mismatch never scores best: a substitution is a deletion
+    plus an insertion); the option keeps each caller's rule explicit for when the scores change.
     """
     n, m = len(source), len(target)
     score = np.zeros((n + 1, m + 1), np.int64)
@@ -88,8 +95,9 @@ def global_alignment(source: list[int], target: list[int]) -> list[int]:
     mapper = [-1] * m
     i, j = n, m
     while i > 0 and j > 0:
-        diagonal = score[i - 1, j - 1] + (MATCH if source[i - 1] == target[j - 1] else MISMATCH)
-        if score[i, j] == diagonal:
+        equal = source[i - 1] == target[j - 1]
+        diagonal = score[i - 1, j - 1] + (MATCH if equal else MISMATCH)
+        if score[i, j] == diagonal and (equal or mismatch == "map"):
             mapper[j - 1] = i - 1
             i, j = i - 1, j - 1
         elif score[i, j] == score[i, j - 1] + GAP:
