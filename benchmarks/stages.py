@@ -12,4 +12,4 @@ class CopyInActorStage(CopyStage):
     crosses two Ray step boundaries (the transport a real GPU stage pays for)."""
 
     kind = "copy_actor"
-    uses_models = True
+    in_actor_pool = True

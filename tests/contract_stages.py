@@ -24,15 +24,17 @@ class CandidatesParams(StageParams):
 
 
 @register_stage
-class CandidatesStage(Stage):
+class CandidatesStage(Stage[CandidatesParams]):
     """N targets per item, each brightened by an amount drawn from the child's own seed."""
 
     kind = "candidates"
-    Params = CandidatesParams
-    params: CandidatesParams
     default_batch_size = 4
-    requires = ("source_image",)
-    provides = ("target_image", "branch", "instruction")
+
+    def inputs(self) -> set[str]:
+        return {"source_image"}
+
+    def outputs(self) -> set[str]:
+        return {"target_image", "branch", "instruction"}
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         out = []
@@ -53,10 +55,8 @@ class OutageParams(StageParams):
 
 
 @register_stage
-class OutageStage(Stage):
+class OutageStage(Stage[OutageParams]):
     kind = "outage"
-    Params = OutageParams
-    params: OutageParams
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         if Path(self.params.flag).exists():
@@ -75,7 +75,7 @@ class BuggyStage(Stage):
 @register_stage
 class GpuProbeStage(Stage):
     kind = "gpu_probe"
-    uses_models = True
+    in_actor_pool = True
     resources = Resources(num_cpus=0.5, num_gpus=1)
 
     def setup(self) -> None:

@@ -181,3 +181,24 @@ def test_without_a_gpu_the_summary_says_the_gpu_stage_ran_on_cpu(tmp_path: Path)
     recipe = write_recipe(tmp_path, BEST_OF_N.replace("  - kind: select", "  - kind: gpu_probe\n  - kind: select"))
     result = build(load_plan(recipe, out=tmp_path / "out"), runner="local", progress=False)
     assert result.summary["warnings"] == ["stage 'gpu_probe' declares 1 GPU(s) but this machine has none: it runs on the CPU"]
+
+
+def test_the_retired_declarations_are_refused_with_their_replacement() -> None:
+    from crispedit.stages import Stage
+
+    with pytest.raises(TypeError, match=r"requires: define inputs\(\); uses_models: set in_actor_pool = True"):
+        class Old(Stage):  # noqa: F841  (the class statement is the test)
+            kind = "old"
+            uses_models = True
+            requires = ("source_image",)
+
+            def __call__(self, batch):
+                return batch
+
+
+def test_the_params_of_a_stage_come_from_its_type_parameter() -> None:
+    from crispedit.filters.clip_filter import ClipFilter, ClipFilterParams
+    from crispedit.sdxl.stages.p2p import P2PParams, P2PStage
+    from crispedit.sources.parquet import ParquetParams, ParquetSource
+
+    assert ClipFilter.Params is ClipFilterParams and P2PStage.Params is P2PParams and ParquetSource.Params is ParquetParams

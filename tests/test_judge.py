@@ -98,7 +98,9 @@ def test_images_are_scaled_to_max_side(server: LLMServer) -> None:
 
 
 def test_malformed_answers_are_asked_again(server: LLMServer) -> None:
-    server.fail("malformed", times=2)
+    # one malformed answer to each question (the two are in flight together: name which gets which)
+    server.fail("malformed", times=1, match="make the sky red")
+    server.fail("malformed", times=1, match="visual quality")
     out = apply_stage(stage(server), "judge", samples()[:1], batch_size=8)
     assert out[0].scores["judge_semantics"] == 8 and out[0].usage["judge"]["retries"] == 2
 

@@ -110,7 +110,9 @@ def miner(**params: Any) -> VideoPairsStage:
     """One stage (and so one worker process) per distinct parameters, shared by the tests."""
     key = json.dumps(params, sort_keys=True)
     if key not in _STAGES:
-        _STAGES[key] = VideoPairsStage(VideoPairsParams.model_validate(params), CONTEXT)
+        stage = VideoPairsStage(VideoPairsParams.model_validate(params), CONTEXT)
+        stage.setup()  # what the engine does once per worker
+        _STAGES[key] = stage
     return _STAGES[key]
 
 

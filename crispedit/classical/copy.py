@@ -14,8 +14,12 @@ from crispedit.core.stage import Stage, register_stage
 class CopyStage(Stage):
     kind = "copy"
     default_batch_size = 64
-    requires = ("source_image",)
-    provides = ("target_image", "branch", "instruction")
+
+    def inputs(self) -> set[str]:
+        return {"source_image"}
+
+    def outputs(self) -> set[str]:
+        return {"target_image", "branch", "instruction"}
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         for sample in batch:

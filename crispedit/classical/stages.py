@@ -11,8 +11,12 @@ from crispedit.core.stage import Stage, register_stage
 class ClassicalStage(Stage):
     kind = "classical"
     default_batch_size = 8
-    requires = ("source_image", "meta.edit")
-    provides = ("target_image", "branch")
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "meta.edit"}
+
+    def outputs(self) -> set[str]:
+        return {"target_image", "branch"}
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         for sample in batch:

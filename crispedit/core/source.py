@@ -8,27 +8,38 @@ a rerun skip exactly the shards that were committed. The kinds are in crispedit.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from crispedit.core.sample import Sample
-from crispedit.core.stage import BuildContext, StageParams
+from crispedit.core.stage import BuildContext, P, StageParams, params_of
 
 
-class Source(ABC):
-    """The first stage: turns item indices [start, end) into samples (rejects included)."""
+class Source(ABC, Generic[P]):
+    """The first stage: turns item indices [start, end) into samples (rejects included).
+
+    ``class MySource(Source[MyParams])`` declares its parameters, as a stage does; ``outputs()``
+    names the sample fields and ``meta.KEY``s every item arrives with (checked by ``crispedit validate``).
+    """
 
     kind: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
-    #: Sample fields and ``meta.KEY``s every item arrives with (checked by ``crispedit validate``).
-    provides: ClassVar[tuple[str, ...]] = ("source_image", "source_caption")
+    params: P
     name = "source"
 
-    def __init__(self, params: StageParams, context: BuildContext) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = params_of(cls)
+        if declared is not None:
+            cls.Params = declared
+        if "provides" in vars(cls):
+            raise TypeError(f"source {cls.__name__}: provides no longer exists; define outputs()")
+
+    def __init__(self, params: P, context: BuildContext) -> None:
         self.params = params
         self.context = context
 
     def outputs(self) -> set[str]:
-        return set(self.provides)
+        return {"source_image", "source_caption"}
 
     @abstractmethod
     def count(self) -> int:

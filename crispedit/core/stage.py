@@ -15,7 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,29 +51,65 @@ class Resources:
     memory_gb: float | None = None
 
 
-class Stage(ABC):
+P = TypeVar("P", bound=StageParams)
+
+#: Declarations of the first contract, each said another way now (a plugin using one gets this error).
+RETIRED = {
+    "uses_models": "set in_actor_pool = True",
+    "requires": "define inputs()",
+    "provides": "define outputs()",
+    "columns": "define score_columns()",
+}
+
+
+def params_of(cls: type) -> type[StageParams] | None:
+    """The ``StageParams`` class a stage or source class is parametrised with (``Stage[XParams]``), if any."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        for arg in get_args(base):
+            if isinstance(arg, type) and issubclass(arg, StageParams):
+                return arg
+    return None
+
+
+class Stage(ABC, Generic[P]):
     """One step of a build.
 
-    Subclasses set ``kind`` (the recipe's ``kind:``), ``Params`` (their pydantic schema, every
-    field described), and what they need: ``uses_models = True`` runs them in a Ray actor
-    pool where ``setup()`` runs once per actor; ``resources`` (GPUs, CPUs, memory) and
-    ``default_batch_size`` place them; ``requires``/``provides`` name the sample fields and
-    working data (``meta.KEY``) they read and write, checked by ``crispedit validate``.
+    A stage says each thing one way:
+
+    * ``class MyStage(Stage[MyParams])``: its parameters, a pydantic model with every field
+      described (``self.params`` is a ``MyParams``; ``MyStage.Params`` is set from it for the recipe);
+    * ``kind``: the recipe's ``kind:``; ``cites``: the published methods it implements;
+    * ``in_actor_pool = True``: it runs in a Ray actor pool, where the engine calls ``setup()``
+      once per actor (a property when it depends on params); ``resources`` (GPUs, CPUs,
+      memory) and ``default_batch_size`` place it;
+    * ``inputs()`` / ``outputs()``: the sample fields and working data (``meta.KEY``) it reads
+      and writes, checked by ``crispedit validate``; ``score_columns()``: the score columns it fills.
+
+    The engine calls ``setup()`` once per worker before the first batch; a stage never calls it itself.
     """
 
     kind: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
-    uses_models: ClassVar[bool] = False
+    params: P
+    in_actor_pool: bool = False
     resources: ClassVar[Resources] = Resources()
     default_batch_size: ClassVar[int] = 16
-    requires: ClassVar[tuple[str, ...]] = ()
-    provides: ClassVar[tuple[str, ...]] = ()
     #: Batches never split the children of one source item (selection needs them together).
     whole_families: ClassVar[bool] = False
     #: Published methods the stage implements, for the dataset card ("InstructPix2Pix (Brooks et al. 2023): ...").
     cites: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: StageParams, context: BuildContext, name: str | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = params_of(cls)
+        if declared is not None:
+            cls.Params = declared
+        retired = sorted(set(vars(cls)) & set(RETIRED))
+        if retired:
+            raise TypeError(f"stage {cls.__name__}: {', '.join(retired)} no longer exist; "
+                            + "; ".join(f"{name}: {RETIRED[name]}" for name in retired))
+
+    def __init__(self, params: P, context: BuildContext, name: str | None = None) -> None:
         self.params = params
         self.context = context
         self.name = name or self.kind
@@ -89,19 +125,13 @@ class Stage(ABC):
         """Which samples the stage is given: live ones (filters also score filtered rejects)."""
         return sample.alive
 
-    @property
-    def in_actor_pool(self) -> bool:
-        """Run in a Ray actor pool (``setup()`` once per actor)? Override when it depends on params,
-        e.g. an instruct stage needs a client only for its LLM backend."""
-        return self.uses_models
-
     def inputs(self) -> set[str]:
         """Fields and ``meta.KEY``s this stage reads (may depend on params)."""
-        return set(self.requires)
+        return set()
 
     def outputs(self) -> set[str]:
         """Fields and ``meta.KEY``s this stage writes (may depend on params)."""
-        return set(self.provides)
+        return set()
 
     def score_columns(self) -> list[str]:
         """Names of the score columns this stage fills (each becomes a float column)."""
@@ -112,7 +142,7 @@ class Stage(ABC):
         return {}
 
 
-class FilterStage(Stage):
+class FilterStage(Stage[P]):
     """A filter: ``score`` a batch, then ``decide`` per sample from its scores alone.
 
     The base owns the loop. Every sample that reaches the filter is scored, including
@@ -121,9 +151,10 @@ class FilterStage(Stage):
     re-apply other thresholds to a finished build without regenerating anything.
     """
 
-    columns: ClassVar[tuple[str, ...]] = ()
     default_batch_size: ClassVar[int] = 64
-    requires: ClassVar[tuple[str, ...]] = ("source_image", "target_image")
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_image"}
 
     @abstractmethod
     def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
@@ -151,9 +182,6 @@ class FilterStage(Stage):
         """The reason ``decide`` gave, completed from what ``score`` recorded in provenance (the
         matched duplicate, the benchmark item); ``refilter`` calls it too, with no model loaded."""
         return reason
-
-    def score_columns(self) -> list[str]:
-        return list(self.columns)
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         for sample, scores in zip(batch, self.score(batch), strict=True):

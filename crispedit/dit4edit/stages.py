@@ -158,18 +158,24 @@ def fit_image(image: np.ndarray, width: int, height: int, resample: Image.Resamp
     return out, (x0, y0, width / crop_w, height / crop_h)
 
 
+#: What an edit needs, in the order a missing-input reason names them.
+INPUTS = ("source_image", "source_caption", "target_caption")
+
+
 @register_stage
-class Dit4EditStage(Stage):
+class Dit4EditStage(Stage[Dit4EditParams]):
     """DiT4Edit on PixArt: DPM-Solver++ inversion of the source, attention-controlled regeneration under the target caption."""
 
     kind = "dit4edit"
-    Params = Dit4EditParams
-    params: Dit4EditParams
-    uses_models = True
+    in_actor_pool = True
     resources = Resources(num_cpus=1, num_gpus=1)
     default_batch_size = 8
-    requires = ("source_image", "source_caption", "target_caption")
-    provides = ("source_image", "target_image")
+
+    def inputs(self) -> set[str]:
+        return set(INPUTS)
+
+    def outputs(self) -> set[str]:
+        return {"source_image", "target_image"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -256,7 +262,7 @@ class Dit4EditStage(Stage):
 
     def _plan(self, sample: Sample) -> tuple[int, tuple[int, int]] | None:
         """(checkpoint index, output size), or None with the sample rejected."""
-        missing = [name for name in self.requires if getattr(sample, name) is None or (isinstance(getattr(sample, name), str) and not getattr(sample, name).strip())]
+        missing = [name for name in INPUTS if getattr(sample, name) is None or (isinstance(getattr(sample, name), str) and not getattr(sample, name).strip())]
         if missing:
             sample.fail(self.name, f"missing-input: dit4edit needs {', '.join(missing)}")
             return None

@@ -88,24 +88,23 @@ class ClipFilterParams(StageParams):
 
 
 @register_stage
-class ClipFilter(FilterStage):
+class ClipFilter(FilterStage[ClipFilterParams]):
     """CLIP text-image, image-image and directional similarity, DINOv2 similarity and aesthetics, in one pass."""
 
     kind = "clip_filter"
-    Params = ClipFilterParams
-    params: ClipFilterParams
-    uses_models = True
+    in_actor_pool = True
     resources = Resources(num_cpus=1, num_gpus=1)
     default_batch_size = 64
-    columns = ("clip_t_source", "clip_t_target", "clip_i", "clip_dir")
-    requires = ("source_image", "target_image", "source_caption", "target_caption")
     cites: ClassVar[tuple[str, ...]] = (
         "InstructPix2Pix (Brooks et al. 2023): CLIP ViT-L/14 text-image >= 0.2, directional >= 0.2, image-image >= 0.7",
         "UltraEdit (Zhao et al. 2024): directional >= 0.22, image-image >= 0.75, DINOv2 >= 0.4",
     )
 
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_image", "source_caption", "target_caption"}
+
     def score_columns(self) -> list[str]:
-        columns = list(self.columns)
+        columns = ["clip_t_source", "clip_t_target", "clip_i", "clip_dir"]
         if self.params.dino_model is not None:
             columns.append("dino_i")
         if self.params.aesthetic_head is not None:

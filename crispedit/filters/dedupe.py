@@ -42,14 +42,14 @@ class DedupeParams(StageParams):
 
 
 @register_stage
-class DedupeStage(FilterStage):
+class DedupeStage(FilterStage[DedupeParams]):
     """pHash of both images; near-copies of earlier builds' pairs and no-op edits are dropped."""
 
     kind = "dedupe"
-    Params = DedupeParams
-    params: DedupeParams
-    columns = ("phash_pair", "dup_distance")
     cites: ClassVar[tuple[str, ...]] = ("imagehash pHash; imagededup's default max distance is 10 of 64 bits, copies are usually within 4",)
+
+    def score_columns(self) -> list[str]:
+        return ["phash_pair", "dup_distance"]
 
     def thresholds(self) -> dict[str, tuple[Bound, Bound]]:
         bounds: dict[str, tuple[Bound, Bound]] = {}
@@ -132,13 +132,11 @@ class DecontaminateParams(StageParams):
 
 
 @register_stage
-class DecontaminateStage(FilterStage):
+class DecontaminateStage(FilterStage[DecontaminateParams]):
     """Drop pairs whose source (or target) nearly copies a benchmark image, naming the matched item."""
 
     kind = "decontaminate"
-    Params = DecontaminateParams
-    params: DecontaminateParams
-    uses_models = True  # an index loaded once per worker, like a model
+    in_actor_pool = True  # an index loaded once per worker, like a model
     cites: ClassVar[tuple[str, ...]] = ("none of the anchor pipelines decontaminates; benchmark list in research/filters.md section 4",)
 
     def score_columns(self) -> list[str]:

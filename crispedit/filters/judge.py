@@ -40,20 +40,22 @@ class JudgeParams(StageParams):
 
 
 @register_stage
-class JudgeStage(LLMStage, FilterStage):
+class JudgeStage(LLMStage, FilterStage[JudgeParams]):
     """VIEScore-style semantic consistency and perceptual quality from a multimodal LLM."""
 
     kind = "judge"
-    Params = JudgeParams
-    params: JudgeParams
-    uses_models = True  # one client (event loop, connection pool) per worker
+    in_actor_pool = True  # one client (event loop, connection pool) per worker, whatever the parameters
     resources = Resources(num_cpus=1)
     default_batch_size = 32
-    columns = COLUMNS
-    requires = ("source_image", "target_image", "instruction")
     cites: ClassVar[tuple[str, ...]] = (
         "VIEScore (Ku et al. 2024) task `tie`: SC = min(success, over-editing), PQ = min(naturalness, artifacts), O = sqrt(SC*PQ)",
     )
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_image", "instruction"}
+
+    def score_columns(self) -> list[str]:
+        return list(COLUMNS)
 
     def model_ids(self) -> dict[str, str]:
         return {"judge": f"{self.params.llm.model} @ {self.params.llm.base_url}"}

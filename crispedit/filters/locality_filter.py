@@ -40,14 +40,16 @@ def masked_l1(source: np.ndarray, target: np.ndarray, mask: np.ndarray | None, l
 
 
 @register_stage
-class LocalityFilter(FilterStage):
+class LocalityFilter(FilterStage[LocalityParams]):
     """Edit locality: how much changed inside the mask, and how much leaked outside it."""
 
     kind = "locality_filter"
-    Params = LocalityParams
-    params: LocalityParams
-    columns = ("l1_inside", "l1_outside")
-    requires = ("source_image", "target_image", "mask")
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_image", "mask"}
+
+    def score_columns(self) -> list[str]:
+        return ["l1_inside", "l1_outside"]
 
     def thresholds(self) -> dict[str, tuple[Bound, Bound]]:
         bounds = {"l1_inside": (self.params.min_l1_inside, None), "l1_outside": (None, self.params.max_l1_outside)}

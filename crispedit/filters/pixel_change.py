@@ -25,11 +25,11 @@ class PixelChangeParams(StageParams):
 
 
 @register_stage
-class PixelChangeFilter(FilterStage):
+class PixelChangeFilter(FilterStage[PixelChangeParams]):
     kind = "pixel_change"
-    Params = PixelChangeParams
-    params: PixelChangeParams
-    columns = ("pixel_l1",)
+
+    def score_columns(self) -> list[str]:
+        return ["pixel_l1"]
 
     def score(self, batch: list[Sample]) -> list[dict[str, float | None]]:
         return [{"pixel_l1": pixel_l1(s.source_image, s.target_image)} for s in batch]

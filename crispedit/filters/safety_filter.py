@@ -31,16 +31,16 @@ class SafetyParams(StageParams):
 
 
 @register_stage
-class SafetyFilter(FilterStage):
+class SafetyFilter(FilterStage[SafetyParams]):
     """NSFW margins of source and target from the Stable Diffusion safety checker."""
 
     kind = "safety_filter"
-    Params = SafetyParams
-    params: SafetyParams
-    uses_models = True
+    in_actor_pool = True
     resources = Resources(num_cpus=1, num_gpus=1)
-    columns = ("nsfw_source", "nsfw_target")
     cites: ClassVar[tuple[str, ...]] = ("diffusers StableDiffusionSafetyChecker (CompVis/stable-diffusion-safety-checker): flags margin > 0",)
+
+    def score_columns(self) -> list[str]:
+        return ["nsfw_source", "nsfw_target"]
 
     def model_ids(self) -> dict[str, str]:
         return {"safety": self.params.model.describe()}

@@ -37,10 +37,8 @@ def rank_families(samples: list[Sample], score: str, higher_is_better: bool = Tr
 
 
 @register_stage
-class SelectStage(Stage):
+class SelectStage(Stage[SelectParams]):
     kind = "select"
-    Params = SelectParams
-    params: SelectParams
     default_batch_size = 256
     whole_families = True
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -115,13 +115,9 @@ class InstructParams(StageParams):
 
 
 @register_stage
-class InstructStage(LLMStage, Stage):
+class InstructStage(LLMStage, Stage[InstructParams]):
     kind = "instruct"
-    Params = InstructParams
-    params: InstructParams
-    uses_models: ClassVar[bool] = True  # the openai backend holds a client (connections, cache) per actor
     default_batch_size = 256
-    provides = ("instruction", "task", "target_caption", "edit_objects")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -136,7 +132,7 @@ class InstructStage(LLMStage, Stage):
         return {"caption": {"source_caption"}, "image": {"source_image"}}.get(self.mode, set())
 
     def outputs(self) -> set[str]:
-        out = set(self.provides)
+        out = {"instruction", "task", "target_caption", "edit_objects"}
         if self.mode == "global":
             return out | {"inverse_instruction", "meta.edit"}
         if self.params.inverse:
@@ -228,7 +224,6 @@ class InstructStage(LLMStage, Stage):
         from crispedit.instruct.prompts import build_messages
         from crispedit.models.llm import LLMRequest
 
-        self.setup()
         assert self.client is not None and self.params.llm is not None
         taxonomy = load_taxonomy(self.params.taxonomy)
         weights = self.params.weights()

@@ -60,7 +60,8 @@ class LLMStage:
 
     @property
     def in_actor_pool(self) -> bool:
-        """Only a live LLM backend holds a client worth keeping per actor; offline answers are a CPU step."""
+        """Only a live LLM backend holds a client (event loop, connections, cache) worth keeping per actor;
+        offline answers are a CPU step."""
         return not self.offline
 
     def llm_cache_dir(self) -> Path | None:

@@ -69,16 +69,31 @@ def _first_paragraph(cls: type) -> str:
     return text.split("\n\n")[0].replace("\n", " ")
 
 
+def _declared(cls: type, make: Any) -> Any:
+    """A stage or source built from its parameters' defaults (required ones left unset), to read what it
+    declares; None when its declarations need a parameter the recipe must give."""
+    try:
+        return make(cls.Params.model_construct())
+    except Exception:  # a declaration that reads a required parameter
+        return None
+
+
+def _names(values: Any) -> str:
+    return ", ".join(f"`{x}`" for x in sorted(values))
+
+
 def render() -> str:
-    from crispedit.core.stage import FilterStage
+    from crispedit.core.stage import BuildContext, FilterStage
     from crispedit.recipe import ExecutionSpec, OutputSpec, Recipe, StageResources
     from crispedit.recipe.catalog import SOURCES, STAGES
 
+    context = BuildContext(recipe_name="reference", fingerprint="", seed=0)
     out = [
         "# Recipe reference",
         "",
         "Generated from the code by `python -m crispedit.recipe.reference` (a test fails when this file",
-        "is stale). [recipes.md](recipes.md) explains how the pieces fit together.",
+        "is stale). [recipes.md](recipes.md) explains how the pieces fit together. What a stage reads,",
+        "writes and scores is given for its default parameters; some of it depends on the parameters.",
         "",
         "## Top level", "", params_table(Recipe), "",
         "## `output`", "", params_table(OutputSpec), "",
@@ -88,26 +103,30 @@ def render() -> str:
     ]
     for kind in sorted(SOURCES):
         cls = SOURCES[kind]
-        out += [f"### `{kind}`", "", _first_paragraph(cls), "",
-                f"Provides: {', '.join(f'`{p}`' for p in cls.provides)}.", "", params_table(cls.Params), ""]
+        source = _declared(cls, lambda params, cls=cls: cls(params, context))
+        provides = _names(source.outputs()) if source is not None else "(depends on the parameters)"
+        out += [f"### `{kind}`", "", _first_paragraph(cls), "", f"Provides: {provides}.", "", params_table(cls.Params), ""]
     out += ["## Stage kinds", ""]
     for kind in sorted(STAGES):
         cls = STAGES[kind]
         if cls.__module__.startswith("tests."):
             continue
         r = cls.resources
+        stage = _declared(cls, lambda params, cls=cls, kind=kind: cls(params, context, kind))
+        pool = inspect.getattr_static(cls, "in_actor_pool")
+        if isinstance(pool, property):  # depends on the parameters: say what the defaults give
+            where = ("model stage (actor pool)" if stage is not None and stage.in_actor_pool else "CPU stage") + " by default"
+        else:
+            where = "model stage (actor pool)" if pool else "CPU stage"
         facts = [
-            "filter" if issubclass(cls, FilterStage) else ("model stage (actor pool)" if cls.uses_models else "CPU stage"),
+            ("filter, " if issubclass(cls, FilterStage) else "") + where,
             f"batch size {cls.default_batch_size}",
             f"{r.num_cpus:g} CPU" + (f", {r.num_gpus:g} GPU" if r.num_gpus else "") + (f", {r.memory_gb:g} GiB" if r.memory_gb else ""),
         ]
-        if cls.requires:
-            facts.append("reads " + ", ".join(f"`{x}`" for x in cls.requires))
-        if cls.provides:
-            facts.append("writes " + ", ".join(f"`{x}`" for x in cls.provides))
-        columns = getattr(cls, "columns", ())
-        if columns:
-            facts.append("scores " + ", ".join(f"`{x}`" for x in columns))
+        if stage is not None:
+            for verb, values in (("reads", stage.inputs()), ("writes", stage.outputs()), ("scores", stage.score_columns())):
+                if values:
+                    facts.append(f"{verb} " + (_names(values) if verb != "scores" else ", ".join(f"`{x}`" for x in values)))
         out += [f"### `{kind}`", "", _first_paragraph(cls), "", "; ".join(facts) + ".", "", params_table(cls.Params), ""]
     return "\n".join(out).rstrip() + "\n"
 

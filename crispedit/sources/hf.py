@@ -43,12 +43,10 @@ _DATASETS: dict[str, Any] = {}
 
 
 @register_source
-class HFDatasetSource(RecordSource):
+class HFDatasetSource(RecordSource[HFDatasetParams]):
     """Rows of one split of a ``datasets`` dataset, in the dataset's own order."""
 
     kind = "hf_dataset"
-    Params = HFDatasetParams
-    params: HFDatasetParams
 
     # which route --------------------------------------------------------------------------
     def _route(self) -> tuple[str, Any]:

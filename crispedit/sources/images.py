@@ -6,7 +6,7 @@ import re
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -32,11 +32,14 @@ class ImageEntry:
     caption: str
 
 
-class ImageListSource(Source):
+IP = TypeVar("IP", bound=ImageSourceParams)
+
+
+class ImageListSource(Source[IP]):
     """Shared loading for sources that are a fixed list of image files with captions."""
 
-    params: ImageSourceParams
-    provides = ("source_image", "source_caption", "meta.image_index", "meta.variant")
+    def outputs(self) -> set[str]:
+        return {"source_image", "source_caption", "meta.image_index", "meta.variant"}
 
     @abstractmethod
     def entries(self) -> list[ImageEntry]:
@@ -102,12 +105,10 @@ class FolderParams(ImageSourceParams):
 
 
 @register_source
-class FolderSource(ImageListSource):
+class FolderSource(ImageListSource[FolderParams]):
     """Every file under a folder, in sorted path order. Non-image files become rejects, not skips."""
 
     kind = "folder"
-    Params = FolderParams
-    params: FolderParams
 
     def entries(self) -> list[ImageEntry]:
         root = self.params.folder
@@ -163,12 +164,10 @@ class SkimageParams(ImageSourceParams):
 
 
 @register_source
-class SkimageSource(ImageListSource):
+class SkimageSource(ImageListSource[SkimageParams]):
     """The photographs that ship inside scikit-image: a real dataset with no network at all."""
 
     kind = "skimage"
-    Params = SkimageParams
-    params: SkimageParams
 
     def entries(self) -> list[ImageEntry]:
         from skimage import data as skdata

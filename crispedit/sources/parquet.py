@@ -165,12 +165,10 @@ class ParquetFiles:
 
 
 @register_source
-class ParquetSource(RecordSource):
+class ParquetSource(RecordSource[ParquetParams]):
     """Rows of Parquet files, in file order then row order; each row's image becomes an item."""
 
     kind = "parquet"
-    Params = ParquetParams
-    params: ParquetParams
 
     def _files(self) -> ParquetFiles:
         p = self.params

@@ -14,7 +14,7 @@ import os
 import re
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -48,15 +48,15 @@ class Record:
     problem: str | None = None
 
 
-class RecordSource(Source):
-    """A source whose images are records read by position; items are ``edits_per_image`` per record."""
+RP = TypeVar("RP", bound=RemoteImageParams)
 
-    params: RemoteImageParams
-    provides = ("source_image", "source_caption", "meta.image_index", "meta.variant")
+
+class RecordSource(Source[RP]):
+    """A source whose images are records read by position; items are ``edits_per_image`` per record."""
 
     def outputs(self) -> set[str]:
         """No ``source_caption`` when the recipe names no caption column."""
-        found = set(self.provides)
+        found = {"source_image", "source_caption", "meta.image_index", "meta.variant"}
         if getattr(self.params, "caption_column", "") is None:
             found.discard("source_caption")
         return found

@@ -96,13 +96,10 @@ class EmptyParams(StageParams):
 
 
 @register_source
-class EmptySource(Source):
+class EmptySource(Source[EmptyParams]):
     """N items with no image and no caption, optionally seeded with a topic or caption each."""
 
     kind = "empty"
-    Params = EmptyParams
-    params: EmptyParams
-    provides = ()
 
     def outputs(self) -> set[str]:
         if self.params.texts is None and self.params.file is None:
@@ -145,13 +142,10 @@ class CaptionsParams(StageParams):
 
 
 @register_source
-class CaptionsSource(Source):
+class CaptionsSource(Source[CaptionsParams]):
     """One item per row of a captions file, no images: for instruct's caption mode."""
 
     kind = "captions"
-    Params = CaptionsParams
-    params: CaptionsParams
-    provides = ("source_caption",)
 
     def outputs(self) -> set[str]:
         return {"source_caption"} if self.params.seed_as == "caption" else {"meta.topic"}

@@ -138,12 +138,10 @@ class TarIndex:
 
 
 @register_source
-class WebDatasetSource(RecordSource):
+class WebDatasetSource(RecordSource[WebDatasetParams]):
     """Samples of WebDataset tars, in tar order then member order; each key with an image becomes an item."""
 
     kind = "webdataset"
-    Params = WebDatasetParams
-    params: WebDatasetParams
 
     def _index(self) -> TarIndex:
         if not hasattr(self, "_tar_index"):

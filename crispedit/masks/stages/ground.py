@@ -61,16 +61,16 @@ def _pretrained_pair(model_cls: Any, processor_cls: Any, spec: ModelSpec) -> Any
 
 
 @register_stage
-class GroundStage(Stage):
+class GroundStage(Stage[GroundParams]):
     """Grounded-SAM masks and the Emu Edit soft mask for each sample's edited objects."""
 
     kind = "ground"
-    Params = GroundParams
-    uses_models = True
+    in_actor_pool = True
     resources = Resources(num_cpus=1, num_gpus=1)
     default_batch_size = 8
-    provides = ("mask", "meta.precise_mask", "meta.boxes", "meta.whole_image")
-    params: GroundParams
+
+    def outputs(self) -> set[str]:
+        return {"mask", "meta.precise_mask", "meta.boxes", "meta.whole_image"}
 
     def inputs(self) -> set[str]:
         return {f"{self.params.image}_image", "edit_objects"}
@@ -104,8 +104,6 @@ class GroundStage(Stage):
         )
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
-        if not hasattr(self, "grounder"):
-            self.setup()
         for sample in batch:
             self.ground_one(sample)
         return batch

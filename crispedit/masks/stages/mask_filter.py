@@ -33,13 +33,13 @@ class MaskFilterParams(StageParams):
 
 
 @register_stage
-class MaskFilter(FilterStage):
+class MaskFilter(FilterStage[MaskFilterParams]):
     """Coverage and contour checks on the edit mask; each failure is a reject with its reason."""
 
     kind = "mask_filter"
-    Params = MaskFilterParams
-    params: MaskFilterParams
-    columns = ("mask_coverage", "mask_contours", "mask_whole_image")
+
+    def score_columns(self) -> list[str]:
+        return ["mask_coverage", "mask_contours", "mask_whole_image"]
 
     def inputs(self) -> set[str]:
         return {"mask"} if self.params.mask == "soft" else {"meta.precise_mask"}

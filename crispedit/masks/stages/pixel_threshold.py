@@ -26,15 +26,17 @@ class PixelThresholdParams(StageParams):
 
 
 @register_stage
-class PixelThreshold(Stage):
+class PixelThreshold(Stage[PixelThresholdParams]):
     """Put source pixels back where the generator changed them by less than alpha."""
 
     kind = "pixel_threshold"
-    Params = PixelThresholdParams
-    params: PixelThresholdParams
     default_batch_size = 32
-    requires = ("source_image", "target_image")
-    provides = ("target_image",)
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_image"}
+
+    def outputs(self) -> set[str]:
+        return {"target_image"}
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         p = self.params

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -82,12 +82,13 @@ def draw_fraction(value: Fraction, seed: int) -> float:
     return round(random.Random(seed).uniform(low, high), 6)
 
 
-class GeneratorStage(Stage):
+GP = TypeVar("GP", bound=GeneratorParams)
+
+
+class GeneratorStage(Stage[GP]):
     """Base of the SDXL generator stages (not registered itself)."""
 
-    Params: ClassVar[type[StageParams]] = GeneratorParams
-    params: GeneratorParams
-    uses_models: ClassVar[bool] = True
+    in_actor_pool = True
     resources: ClassVar[Resources] = Resources(num_cpus=1, num_gpus=1)
     default_batch_size: ClassVar[int] = 8
     branch: ClassVar[str | None] = None
@@ -130,7 +131,6 @@ class GeneratorStage(Stage):
         return out
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
-        self.setup()
         families = self.expand(batch, self.problem)
         live = [s for family in families for s in family if s.alive]
         if live:

@@ -28,15 +28,17 @@ class InpaintParams(GeneratorParams):
 
 
 @register_stage
-class InpaintStage(GeneratorStage):
+class InpaintStage(GeneratorStage[InpaintParams]):
     """The target: the source with its mask repainted by SDXL inpainting from ``target_caption``."""
 
     kind = "inpaint"
-    Params = InpaintParams
-    params: InpaintParams
     branch = "inpaint"
-    requires = ("source_image", "mask", "target_caption")
-    provides = ("target_image", "branch")
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "mask", "target_caption"}
+
+    def outputs(self) -> set[str]:
+        return {"target_image", "branch"}
 
     def model_ids(self) -> dict[str, str]:
         return {"inpaint_model": self.params.inpaint_model.describe()}

@@ -76,18 +76,17 @@ class P2PParams(GeneratorParams):
 
 
 @register_stage
-class P2PStage(GeneratorStage):
+class P2PStage(GeneratorStage[P2PParams]):
     """Source and target from the captions in one batch with Prompt-to-Prompt, soft-mask mixing and latent blending."""
 
     kind = "p2p"
-    Params = P2PParams
-    params: P2PParams
     branch = "t2i-p2p"
-    requires = ("source_caption", "target_caption")
-    provides = ("source_image", "target_image", "branch")
+
+    def outputs(self) -> set[str]:
+        return {"source_image", "target_image", "branch"}
 
     def inputs(self) -> set[str]:
-        return set(self.requires) | ({"mask"} if self.params.mask == "required" else set())
+        return {"source_caption", "target_caption"} | ({"mask"} if self.params.mask == "required" else set())
 
     def model_ids(self) -> dict[str, str]:
         return {"base_model": self.params.base_model.describe()}

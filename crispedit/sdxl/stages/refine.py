@@ -47,18 +47,17 @@ class RefineParams(GeneratorParams):
 
 
 @register_stage
-class RefineStage(GeneratorStage):
+class RefineStage(GeneratorStage[RefineParams]):
     """The target re-rendered with ControlNet-canny (its own edges) and IP-Adapter features of the source."""
 
     kind = "refine"
-    Params = RefineParams
-    params: RefineParams
     branch = "refine"
-    requires = ("source_image", "target_image", "target_caption")
-    provides = ("target_image", "branch")
+
+    def outputs(self) -> set[str]:
+        return {"target_image", "branch"}
 
     def inputs(self) -> set[str]:
-        return set(self.requires) | ({"mask"} if self.params.region == "mask" else set())
+        return {"source_image", "target_image", "target_caption"} | ({"mask"} if self.params.region == "mask" else set())
 
     def model_ids(self) -> dict[str, str]:
         p = self.params

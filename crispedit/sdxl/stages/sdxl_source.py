@@ -40,20 +40,16 @@ class SourceParams(GeneratorParams):
 
 
 @register_stage
-class SDXLSourceStage(GeneratorStage):
+class SDXLSourceStage(GeneratorStage[SourceParams]):
     """The source image from ``source_caption`` with SDXL (one per candidate seed), optionally a keyword attention mask."""
 
     kind = "sdxl_source"
-    Params = SourceParams
-    params: SourceParams
-    requires = ("source_caption",)
-    provides = ("source_image", "meta.sdxl_source")
 
     def inputs(self) -> set[str]:
-        return set(self.requires) | ({"edit_objects"} if self.params.keyword_mask != "off" else set())
+        return {"source_caption"} | ({"edit_objects"} if self.params.keyword_mask != "off" else set())
 
     def outputs(self) -> set[str]:
-        return set(self.provides) | ({"mask"} if self.params.keyword_mask != "off" else set())
+        return {"source_image", "meta.sdxl_source"} | ({"mask"} if self.params.keyword_mask != "off" else set())
 
     def model_ids(self) -> dict[str, str]:
         return {"base_model": self.params.base_model.describe()}

@@ -35,15 +35,17 @@ class StyleParams(GeneratorParams):
 
 
 @register_stage
-class StyleStage(GeneratorStage):
+class StyleStage(GeneratorStage[StyleParams]):
     """The target: the source re-rendered in the style its output caption names, structure kept."""
 
     kind = "style"
-    Params = StyleParams
-    params: StyleParams
     branch = "style"
-    requires = ("source_image", "target_caption")
-    provides = ("target_image", "branch")
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_caption"}
+
+    def outputs(self) -> set[str]:
+        return {"target_image", "branch"}
 
     def model_ids(self) -> dict[str, str]:
         ids = {"base_model": self.params.base_model.describe()}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -159,16 +159,17 @@ def rewrite_messages(description: ChangeDescription, categories: tuple[str, ...]
 
 
 @register_stage
-class VideoCaptionStage(LLMStage, Stage):
+class VideoCaptionStage(LLMStage, Stage[VideoCaptionParams]):
     """A vision model sees both frames of a pair and writes the instruction, captions, objects and category."""
 
     kind = "video_caption"
-    Params = VideoCaptionParams
-    params: VideoCaptionParams
-    uses_models: ClassVar[bool] = True  # the openai backend holds a client (connections, cache) per actor
     default_batch_size = 64
-    requires = ("source_image", "target_image")
-    provides = ("instruction", "source_caption", "target_caption", "edit_objects", "task")
+
+    def inputs(self) -> set[str]:
+        return {"source_image", "target_image"}
+
+    def outputs(self) -> set[str]:
+        return {"instruction", "source_caption", "target_caption", "edit_objects", "task"}
 
     def model_ids(self) -> dict[str, str]:
         if self.params.backend != "openai" or self.params.llm is None:
@@ -222,7 +223,6 @@ class VideoCaptionStage(LLMStage, Stage):
     def _one_step(self, batch: list[Sample]) -> None:
         from crispedit.models.llm import LLMRequest
 
-        self.setup()
         categories = tuple(self.params.categories)
         schema = pair_answer(categories)
         requests = [LLMRequest(pair_messages(*self._urls(s), categories, two_step=False), schema, seed=self._seed(s)) for s in batch]
@@ -240,7 +240,6 @@ class VideoCaptionStage(LLMStage, Stage):
     def _two_step(self, batch: list[Sample]) -> None:
         from crispedit.models.llm import LLMRequest
 
-        self.setup()
         categories = tuple(self.params.categories)
         first = [LLMRequest(pair_messages(*self._urls(s), categories, two_step=True), ChangeDescription, seed=self._seed(s)) for s in batch]
         described: list[tuple[Sample, Any]] = []

@@ -45,17 +45,19 @@ class VideoPairsParams(StageParams, MiningSettings):
 
 
 @register_stage
-class VideoPairsStage(Stage):
+class VideoPairsStage(Stage[VideoPairsParams]):
     """Mines frame pairs from each video (decode once, cuts, camera and subject motion, selection); one child per pair."""
 
     kind = "video_pairs"
-    Params = VideoPairsParams
-    params: VideoPairsParams
     resources: ClassVar[Resources] = Resources(num_cpus=1)
     #: Videos per call: each is decoded and measured whole, so batches stay small.
     default_batch_size = 2
-    requires = ("meta.video",)
-    provides = ("source_image", "target_image", "meta.video_change")
+
+    def inputs(self) -> set[str]:
+        return {"meta.video"}
+
+    def outputs(self) -> set[str]:
+        return {"source_image", "target_image", "meta.video_change"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,7 +84,6 @@ class VideoPairsStage(Stage):
             self.worker = shared_worker()
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
-        self.setup()
         settings = self.params.model_dump(include=set(MiningSettings.model_fields))
         ref = reader_ref(self.params.reader)
         out: list[Sample] = []

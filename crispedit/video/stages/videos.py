@@ -98,13 +98,13 @@ class VideoFile:
 
 
 @register_source
-class VideosSource(Source):
+class VideosSource(Source[VideosParams]):
     """One item per video; unreadable, empty, non-video, cut-short and oversized files become rejects."""
 
     kind = "videos"
-    Params = VideosParams
-    params: VideosParams
-    provides = ("meta.video",)
+
+    def outputs(self) -> set[str]:
+        return {"meta.video"}
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray ships sources to workers: send the parameters, not file lists or indexes."""
