@@ -2,6 +2,8 @@
 
 Layout of OUT/checkpoints/step-NNNNNNN/:
     model.safetensors   transformer training state (LoRA keys included when LoRA is on)
+    adapter/            with LoRA: the adapter in peft's format (adapter_config.json,
+                        adapter_model.safetensors), loadable by peft and diffusers
     ema.safetensors     EMA shadow weights (optional), with ema.json for its counters
     optimizer.pt        optimizer state dict
     scheduler.pt        LR scheduler state dict
@@ -74,6 +76,11 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_contiguous(model.state_dict()), str(tmp / "model.safetensors"))
+    if config.train.lora_rank > 0:  # the adapter alone, in peft's format, for peft and diffusers
+        from .lora import save_adapter
+
+        t = config.train
+        save_adapter(model, tmp / "adapter", t.lora_rank, t.lora_alpha, tuple(t.lora_targets))
     if ema is not None:
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         save_file(_contiguous(dict(zip(names, ema.shadow_params))), str(tmp / "ema.safetensors"))
