@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from crispedit.core.failures import StageBroken
+from crispedit.core.located import RecipeError
 from crispedit.core.presets import BUNDLED
 from crispedit.engine import build
 from crispedit.recipe import load_plan
-from crispedit.recipe.located import RecipeError
 from tests.conftest import QUICKSTART, REPO, write_recipe
 
 BEST_OF_N = """

@@ -128,6 +128,21 @@ def _set_flag(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set sample.steps=16 (repeatable)")
 
 
+def _located(command):  # noqa: ANN001, ANN202 - a subcommand handler
+    """A bad config or --set is a located one-line-per-problem error and exit 2, never a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .config import ConfigError
+
+        try:
+            return command(args)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `train`, `edit` and `eval` to an existing argparse subparsers object."""
     p = subparsers.add_parser("train", help="train the bundled EditMGT editor on crispedit shards")
@@ -145,7 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint, output dir or released EditMGT dir to invert a task on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     _set_flag(p)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_located(_train))
 
     p = subparsers.add_parser("edit", help="edit one image with a trained EditMGT checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir, training output dir or released EditMGT dir")
@@ -161,7 +176,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     _llm_flags(p, "predicting the task when --task is not given")
     _set_flag(p)
-    p.set_defaults(func=_edit)
+    p.set_defaults(func=_located(_edit))
 
     p = subparsers.add_parser("eval", help="edit a benchmark and score it (L1, CLIP-I, DINO, CLIP-T, CLIP-dir)")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir, training output dir or released EditMGT dir")
@@ -183,7 +198,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seed of the tiny CLIP/DINOv2 twins of a tiny checkpoint (a --tiny build's recipe seed scores alike)")
     _llm_flags(p, "GEdit-style MLLM scores")
     _set_flag(p)
-    p.set_defaults(func=_eval)
+    p.set_defaults(func=_located(_eval))
 
 
 def _device(name: str) -> str:

@@ -7,17 +7,28 @@ components that were trained, including the tiny random-init twins used on CPU.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crispedit.core.located import LocatedError, LocatedYaml, load_located, validation_problems
 
 
-@dataclass
-class TransformerConfig:
+class ConfigError(LocatedError):
+    """A trainer config that cannot be used: each problem names the file, line and key."""
+
+    title = "invalid trainer config"
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors, and so is a value of the wrong type (``learning_rate: "1e-4"``): no coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class TransformerConfig(_Strict):
     """Shape of the MMDiT transformer. Field names follow the released Meissonic/EditMGT config."""
 
     num_layers: int = 14
@@ -26,7 +37,7 @@ class TransformerConfig:
     num_attention_heads: int = 8
     joint_attention_dim: int = 2304
     pooled_projection_dim: int = 1024
-    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+    axes_dims_rope: tuple[int, int, int] = Field((16, 56, 56), strict=False)
     vocab_size: int = 8256
     codebook_size: int = 8192
     downsample: bool = True
@@ -40,8 +51,7 @@ class TransformerConfig:
         return self.vocab_size - 1
 
 
-@dataclass
-class ComponentConfig:
+class ComponentConfig(_Strict):
     """A pretrained component: a hub id or local path, or a tiny random-init twin when `tiny`."""
 
     id: str = ""
@@ -51,21 +61,20 @@ class ComponentConfig:
     tiny: bool = False
 
 
-@dataclass
-class ModelConfig:
-    transformer: TransformerConfig = field(default_factory=TransformerConfig)
-    vq: ComponentConfig = field(default_factory=lambda: ComponentConfig("MeissonFlow/Meissonic", "vqvae"))
-    clip: ComponentConfig = field(
-        default_factory=lambda: ComponentConfig("MeissonFlow/Meissonic", "text_encoder", "tokenizer")
+class ModelConfig(_Strict):
+    transformer: TransformerConfig = Field(default_factory=TransformerConfig)
+    vq: ComponentConfig = Field(default_factory=lambda: ComponentConfig(id="MeissonFlow/Meissonic", subfolder="vqvae"))
+    clip: ComponentConfig = Field(
+        default_factory=lambda: ComponentConfig(id="MeissonFlow/Meissonic", subfolder="text_encoder", tokenizer_subfolder="tokenizer")
     )
-    llm: ComponentConfig = field(default_factory=lambda: ComponentConfig("google/gemma-2-2b-it"))
+    llm: ComponentConfig = Field(default_factory=lambda: ComponentConfig(id="google/gemma-2-2b-it"))
     # Optional pretrained transformer weights (a safetensors file or diffusers folder) to start from.
     init_transformer: ComponentConfig | None = None
     # Emu Edit task embeddings: one learned vector per task category, added to the conditioning
     # that drives the adaptive norms. Off by default. `tasks` is the vocabulary; when it is empty
     # and task_embeddings is on, training collects it from the shards' `task` column.
     task_embeddings: bool = False
-    tasks: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = Field((), strict=False)
     llm_hidden_layer: int = -2
     text_max_length: int = 256
     clip_max_length: int = 77
@@ -86,14 +95,12 @@ class ModelConfig:
         return self.tasks.index(name)
 
 
-@dataclass
-class DatasetSpec:
+class DatasetSpec(_Strict):
     path: str
     ratio: float = 1.0
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Strict):
     output_dir: str = "mgt-out"
     seed: int = 0
     batch_size: int = 4
@@ -121,8 +128,14 @@ class TrainConfig:
     ema_decay: float = 0.9999
     lora_rank: int = 0
     lora_alpha: float = 0.0
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-    datasets: list[DatasetSpec] = field(default_factory=list)
+    lora_targets: tuple[str, ...] = Field(("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"), strict=False)
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        """A dataset may be written as its path alone."""
+        return [{"path": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
     # Data loading (see loader.py). Worker processes decode; `loader_streams` fixes the sample
     # order, so any num_workers dividing it gives the same batches; each stream mixes
     # `shuffle_row_groups` row groups at a time (memory: streams x that many row groups).
@@ -131,13 +144,12 @@ class TrainConfig:
     shuffle_row_groups: int = 2
     # "ratio": the model is given the mask ratio r (it embeds r*1000). "ratio_x1000": upstream
     # EditMGT training, which feeds r*1000 (the model embeds r*10^6): use it to fine-tune released weights.
-    timestep_mode: str = "ratio"
+    timestep_mode: Literal["ratio", "ratio_x1000", "step_index"] = "ratio"
     # accelerate tracker: "auto" = tensorboard when installed, else none; "none"; or a tracker name.
     report_to: str = "auto"
 
 
-@dataclass
-class SampleConfig:
+class SampleConfig(_Strict):
     steps: int = 36
     guidance_scale: float = 6.0
     # Attention multiplier between the reference stream and the rest (1.1 upstream at inference).
@@ -145,22 +157,21 @@ class SampleConfig:
     tau: float = 0.0
     # Global block indices (double blocks first, then single blocks) whose text->target
     # attention is captured for region-hold. Upstream infer.py: 28-36.
-    capture_blocks: tuple[int, ...] = (28, 29, 30, 31, 32, 33, 34, 35, 36)
+    capture_blocks: tuple[int, ...] = Field((28, 29, 30, 31, 32, 33, 34, 35, 36), strict=False)
     negative_prompt: str = ""
-    temperature: tuple[float, float] = (2.0, 0.0)
+    temperature: tuple[float, float] = Field((2.0, 0.0), strict=False)
     # "ratio": the model is given the current mask ratio, as train.timestep_mode ratio.
     # "ratio_x1000": the mask ratio times 1000, as upstream training (train.timestep_mode ratio_x1000).
     # "step_index": upstream inference, the step index N-1..0; what their released weights were sampled with.
-    timestep_mode: str = "ratio"
+    timestep_mode: Literal["ratio", "ratio_x1000", "step_index"] = "ratio"
     # Fraction of tokens still masked after step k of N: cosine cos(pi/2 (k+1)/N), or linear 1 - (k+1)/N.
-    masking_schedule: str = "cosine"
+    masking_schedule: Literal["cosine", "linear"] = "cosine"
 
 
-@dataclass
-class MGTConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+class MGTConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
     name: str = "editmgt"
 
     @property
@@ -168,23 +179,30 @@ class MGTConfig:
         return self.model.vq.tiny or self.model.clip.tiny or self.model.llm.tiny
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return self.model_dump(mode="json")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MGTConfig:
-        return _build(cls, data, "")
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> MGTConfig:
+        """Validate plain data; problems are named by their dotted key (``where`` names the source)."""
+        return _validate(LocatedYaml(where, data))
 
     @classmethod
     def load(cls, path: str | Path) -> MGTConfig:
-        path = Path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from err
+        """Read and validate a YAML config; every problem names the file, line and key, as a recipe's do."""
+        return _validate(load_located(Path(path), ConfigError))
+
+
+def _validate(doc: LocatedYaml) -> MGTConfig:
+    data = {} if doc.data is None else doc.data
+    if not isinstance(data, dict):
+        raise ConfigError([doc.problem((), "a trainer config is a mapping with model, train and sample")])
+    try:
+        return MGTConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(validation_problems(doc, (), error)) from None
 
 
 def resolve_config(name_or_path: str | Path) -> Path:
@@ -192,68 +210,6 @@ def resolve_config(name_or_path: str | Path) -> Path:
     from crispedit.core.presets import find_preset
 
     return find_preset("mgt", name_or_path)
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a dataclass from a dict, rejecting unknown keys with their dotted path."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(where + k for k in unknown)}; allowed: {', '.join(sorted(fields))}")
-    kwargs: dict[str, Any] = {}
-    hints = {
-        (MGTConfig, "model"): ModelConfig,
-        (MGTConfig, "train"): TrainConfig,
-        (MGTConfig, "sample"): SampleConfig,
-        (ModelConfig, "transformer"): TransformerConfig,
-        (ModelConfig, "vq"): ComponentConfig,
-        (ModelConfig, "clip"): ComponentConfig,
-        (ModelConfig, "llm"): ComponentConfig,
-        (ModelConfig, "init_transformer"): ComponentConfig,
-    }
-    for key, value in data.items():
-        _check_scalar(fields[key].type, value, f"{where}{key}")
-        sub = hints.get((cls, key))
-        if sub is not None and value is not None:
-            kwargs[key] = _build(sub, value, f"{where}{key}.")
-        elif cls is TrainConfig and key == "datasets":
-            kwargs[key] = [_build(DatasetSpec, d if isinstance(d, dict) else {"path": d}, f"{where}datasets.") for d in value]
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-_CHOICES = {
-    "timestep_mode": ("ratio", "ratio_x1000", "step_index"),
-    "masking_schedule": ("cosine", "linear"),
-}
-
-
-def _check_scalar(annotation: object, value: object, where: str) -> None:
-    """Reject a value of the wrong type (`learning_rate: "1e-4"`) with its dotted path.
-
-    Only plain scalar fields are checked (the annotations are strings under
-    `from __future__ import annotations`); `X | None` fields also accept null.
-    """
-    text = str(annotation).replace(" ", "")
-    optional = text.endswith("|None")
-    base = text.removesuffix("|None")
-    if value is None and optional:
-        return
-    allowed = _SCALARS.get(base)
-    if allowed is None:
-        return
-    wrong_bool = isinstance(value, bool) and bool not in allowed
-    if wrong_bool or not isinstance(value, allowed):
-        raise ValueError(f"{where}: expected {base}, got {type(value).__name__} {value!r}")
-    name = where.rsplit(".", 1)[-1]
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise ValueError(f"{where}: {value!r} is not one of {', '.join(_CHOICES[name])}")
 
 
 def apply_overrides(cfg: MGTConfig, assignments: list[str]) -> MGTConfig:
@@ -272,7 +228,4 @@ def apply_overrides(cfg: MGTConfig, assignments: list[str]) -> MGTConfig:
                 raise ValueError(f"--set {key}: {part} is not a section")
             node = node[part]
         node[leaf] = yaml.safe_load(raw)
-    try:
-        return MGTConfig.from_dict(data)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"--set: {err}") from err
+    return MGTConfig.from_dict(data, where="--set")

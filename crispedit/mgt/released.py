@@ -58,15 +58,15 @@ def released_config(path: str | Path) -> MGTConfig:
     mask_id = scheduler.get("mask_token_id")
     if mask_id is not None and int(mask_id) != transformer.mask_token_id:
         raise ValueError(f"{path}/scheduler: mask_token_id {mask_id} is not vocab_size - 1 = {transformer.mask_token_id}")
-    llm = (ComponentConfig(str(path), "llm_encoder") if (path / "llm_encoder").is_dir()
-           else ComponentConfig("google/gemma-2-2b-it"))
+    llm = (ComponentConfig(id=str(path), subfolder="llm_encoder") if (path / "llm_encoder").is_dir()
+           else ComponentConfig(id="google/gemma-2-2b-it"))
     model = ModelConfig(
         transformer=transformer,
-        vq=ComponentConfig(str(path), "vqvae"),
-        clip=ComponentConfig(str(path), "text_encoder", "tokenizer"),
+        vq=ComponentConfig(id=str(path), subfolder="vqvae"),
+        clip=ComponentConfig(id=str(path), subfolder="text_encoder", tokenizer_subfolder="tokenizer"),
         llm=llm,
-        init_transformer=ComponentConfig(str(tdir)),
+        init_transformer=ComponentConfig(id=str(tdir)),
     )
-    sample = SampleConfig(timestep_mode="step_index", masking_schedule=str(scheduler.get("masking_schedule", "cosine")))
+    sample = SampleConfig(timestep_mode="step_index", masking_schedule=scheduler.get("masking_schedule", "cosine"))
     train = TrainConfig(timestep_mode="ratio_x1000")
     return MGTConfig(model=model, train=train, sample=sample, name=f"editmgt-released:{path.name}")

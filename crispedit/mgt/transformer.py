@@ -446,9 +446,7 @@ class EditMGTTransformer(ModelMixin, ConfigMixin):
 
 
 def build_transformer(cfg: TransformerConfig, num_tasks: int = 0) -> EditMGTTransformer:
-    """Random-init transformer from a TransformerConfig dataclass (plus `num_tasks` task vectors)."""
-    from dataclasses import asdict
-
-    kwargs = asdict(cfg)
+    """Random-init transformer from a TransformerConfig (plus `num_tasks` task vectors)."""
+    kwargs = cfg.model_dump()
     kwargs["axes_dims_rope"] = tuple(kwargs["axes_dims_rope"])
     return EditMGTTransformer(**kwargs, num_tasks=num_tasks)

@@ -15,18 +15,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from crispedit.core.paths import UnsafePathError, contained
-from crispedit.core.presets import BUNDLED, PresetNotFound, find_preset
-from crispedit.core.sample import digest
-from crispedit.core.storage import is_url
-from crispedit.models.spec import tiny_swap
-from crispedit.recipe.located import (
+from crispedit.core.located import (
     KeyPath,
     LocatedYaml,
     Problem,
     RecipeError,
     load_located,
+    validation_problems,
 )
+from crispedit.core.paths import UnsafePathError, contained
+from crispedit.core.presets import BUNDLED, PresetNotFound, find_preset
+from crispedit.core.sample import digest
+from crispedit.core.storage import is_url
+from crispedit.models.spec import tiny_swap
 
 
 class Strict(BaseModel):
@@ -146,7 +147,7 @@ def load_plan(
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(_problems(doc, (), error)) from None
+        raise RecipeError(validation_problems(doc, (), error)) from None
     plugin_problems = import_plugins(recipe.plugins)
     if plugin_problems:
         raise RecipeError([doc.problem(("plugins", i), message) for i, message in plugin_problems])
@@ -321,7 +322,7 @@ def _entry(
     try:
         validated = cls.Params.model_validate(params, context={"recipe_dir": Path(doc.file).parent})
     except ValidationError as error:
-        problems.extend(_problems(doc, path, error))
+        problems.extend(validation_problems(doc, path, error))
         return None
     return Entry(kind=kind, name=name, params=validated, origin=doc.file, line=doc.line_of(path))
 
@@ -357,18 +358,3 @@ def _filter_chain(
 def chain_folders(recipe_dir: Path) -> list[Path]:
     """Where a project's own filter chains and prompts are looked for before the bundled presets."""
     return [recipe_dir / "filters", recipe_dir.parent / "filters", Path.cwd() / "filters"]
-
-
-def _problems(doc: LocatedYaml, base: KeyPath, error: ValidationError) -> list[Problem]:
-    out = []
-    for item in error.errors():
-        loc: KeyPath = (*base, *item["loc"])
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        elif "input" in item and not isinstance(item["input"], (dict, list)):
-            message = f"{message} (got {item['input']!r})"
-        out.append(doc.problem(loc, message))
-    return out
