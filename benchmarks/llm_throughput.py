@@ -1,6 +1,6 @@
 """LLM client throughput: requests per second against the ideal concurrency / latency.
 
-The local chat-completions server (tests/llm_server.py, in its own process as a real
+The local chat-completions server (tests/helpers/llm_server.py, in its own process as a real
 endpoint would be) answers every request after a fixed latency, so a client that keeps
 ``concurrency`` requests in flight at all times would finish ``concurrency / latency``
 requests per second. The ratio to that ideal is what the client costs: the openai package,
@@ -49,7 +49,7 @@ def requests(count: int, tag: str) -> list[LLMRequest]:
 
 
 class Server:
-    """tests/llm_server.py in a child process (a real endpoint never shares the client's GIL)."""
+    """tests/helpers/llm_server.py in a child process (a real endpoint never shares the client's GIL)."""
 
     def __init__(self, latency: float) -> None:
         command = [sys.executable, str(REPO / "tests" / "llm_server.py"), "--port", "0", "--latency", str(latency)]

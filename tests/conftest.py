@@ -10,10 +10,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
-import pytest
+import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+from tests.helpers.recipes import QUICKSTART, REPO  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +39,3 @@ def quickstart_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quickstart")
     build(load_plan(QUICKSTART, out=out), runner="local", progress=False)
     return out
-
-
-def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path

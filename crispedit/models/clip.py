@@ -11,7 +11,7 @@ trained on it is evaluated. What it guarantees:
 * **the models' own preprocessing**: resize of the short side, centre crop, mean and std are
   read from each checkpoint's image processor config, but applied with torch on the device,
   to whole groups of same-sized images at once (PIL round trips per image would cost more
-  than a ViT-L forward on a GPU). ``tests/test_filters.py`` checks it against the processor;
+  than a ViT-L forward on a GPU). ``tests/filters/test_filters.py`` checks it against the processor;
 * **each embedding once**: images and texts are deduplicated within a batch (children of one
   item share their source array, captions repeat), embedded once, and every score reuses them.
 

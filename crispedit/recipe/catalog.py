@@ -4,7 +4,7 @@ Importing a kind's module registers it (``register_stage`` / ``register_source``
 recipe, the engine, the post-build commands and the CLI import this module; the contract in
 ``crispedit.core`` registers nothing, so a stage module can import it without loading every
 other kind. No module listed here imports torch at module level, so ``crispedit validate``
-stays instant (tests/test_recipe.py checks it).
+stays instant (tests/recipe/test_recipe.py checks it).
 """
 
 from crispedit.classical import copy, stages  # noqa: F401

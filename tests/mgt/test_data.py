@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_crispedit_shard
 from PIL import Image
 
 from crispedit.core.images import ImageRejected
 from crispedit.mgt.data import crop_pair, decode_rgb
 from crispedit.mgt.shard_index import DatasetIndex
+from tests.mgt.conftest import write_crispedit_shard
 
 
 def test_reads_crispedit_and_upstream_columns(tmp_path):

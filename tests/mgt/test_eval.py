@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import IMAGE_TYPE, draw_photo, image_struct
 
 from crispedit.mgt.bench_formats import detect_layout, parse_columns
 from crispedit.mgt.evaluate import evaluate
+from tests.mgt.conftest import IMAGE_TYPE, draw_photo, image_struct
 
 
 def _photos(n, seed=0, size=(16, 16)):

@@ -1,5 +1,5 @@
 """Task prediction and GEdit-style scoring through the project's LLM client, over real HTTP
-against the local OpenAI-protocol server (tests/llm_server.py)."""
+against the local OpenAI-protocol server (tests/helpers/llm_server.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import IMAGE_TYPE, draw_photo, image_struct
 from PIL import Image
 
 from crispedit.mgt import cli
 from crispedit.mgt.llm_tasks import llm_settings, predict_tasks
-from tests.llm_server import LLMServer, request_schema
+from tests.helpers.llm_server import LLMServer, request_schema
+from tests.mgt.conftest import IMAGE_TYPE, draw_photo, image_struct
 
 
 def _answer(body):

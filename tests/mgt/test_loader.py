@@ -8,11 +8,11 @@ import collections
 import numpy as np
 import pytest
 import torch
-from conftest import write_crispedit_shard
 
 from crispedit.mgt.epochs import EpochPlan
 from crispedit.mgt.loader import PairLoader
 from crispedit.mgt.shard_index import DatasetIndex
+from tests.mgt.conftest import write_crispedit_shard
 
 
 @pytest.fixture(scope="module")

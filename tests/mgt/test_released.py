@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import IMAGE_TYPE, draw_photo, image_struct
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -29,6 +28,7 @@ from crispedit.mgt.tiny import (
     tiny_vq,
 )
 from crispedit.mgt.transformer import build_transformer
+from tests.mgt.conftest import IMAGE_TYPE, draw_photo, image_struct
 
 SMALL = ["--set", "model.resolution=16", "--set", "model.text_max_length=8"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_crispedit_shard
 
 from crispedit.mgt.checkpoint import latest_checkpoint
 from crispedit.mgt.config import MGTConfig
 from crispedit.mgt.pipeline import EditPipeline
 from crispedit.mgt.train import TaskInversion, Trainer, compute_loss, inversion_config
 from crispedit.mgt.transformer import build_transformer
+from tests.mgt.conftest import write_crispedit_shard
 
 TASKS = ("tone", "color", "geometry")  # one per edit of conftest's three instructions
 
