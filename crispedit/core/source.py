@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
 
 from crispedit.core.sample import Sample
-from crispedit.core.stage import BuildContext, P, StageParams, params_of
+from crispedit.core.stage import BuildContext, P, StageParams, add_kind, declare
 
 
 class Source(ABC, Generic[P]):
@@ -28,11 +28,7 @@ class Source(ABC, Generic[P]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        declared = params_of(cls)
-        if declared is not None:
-            cls.Params = declared
-        if "provides" in vars(cls):
-            raise TypeError(f"source {cls.__name__}: provides no longer exists; define outputs()")
+        declare(cls, {"provides": "define outputs()"})
 
     def __init__(self, params: P, context: BuildContext) -> None:
         self.params = params
@@ -56,7 +52,4 @@ SOURCES: dict[str, type[Source]] = {}
 
 def register_source(cls: T) -> T:
     """Class decorator: make a source available to recipes under its ``kind``."""
-    if cls.kind in SOURCES and SOURCES[cls.kind] is not cls:
-        raise ValueError(f"source kind {cls.kind!r} registered twice")
-    SOURCES[cls.kind] = cls
-    return cls
+    return add_kind(SOURCES, "source", cls)

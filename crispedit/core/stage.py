@@ -71,6 +71,16 @@ def params_of(cls: type) -> type[StageParams] | None:
     return None
 
 
+def declare(cls: type, retired: dict[str, str]) -> None:
+    """What a stage or source subclass declares: ``Params`` from its type parameter, no retired name."""
+    declared = params_of(cls)
+    if declared is not None:
+        cls.Params = declared  # type: ignore[attr-defined]
+    found = sorted(set(vars(cls)) & set(retired))
+    if found:
+        raise TypeError(f"{cls.__name__}: {', '.join(found)} no longer exist; " + "; ".join(f"{name}: {retired[name]}" for name in found))
+
+
 class Stage(ABC, Generic[P]):
     """One step of a build.
 
@@ -101,13 +111,7 @@ class Stage(ABC, Generic[P]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        declared = params_of(cls)
-        if declared is not None:
-            cls.Params = declared
-        retired = sorted(set(vars(cls)) & set(RETIRED))
-        if retired:
-            raise TypeError(f"stage {cls.__name__}: {', '.join(retired)} no longer exist; "
-                            + "; ".join(f"{name}: {RETIRED[name]}" for name in retired))
+        declare(cls, RETIRED)
 
     def __init__(self, params: P, context: BuildContext, name: str | None = None) -> None:
         self.params = params
@@ -199,9 +203,14 @@ STAGES: dict[str, type[Stage]] = {}
 
 def register_stage(cls: S) -> S:
     """Class decorator: make a stage available to recipes under its ``kind``."""
-    if cls.kind in STAGES and STAGES[cls.kind] is not cls:
-        raise ValueError(f"stage kind {cls.kind!r} registered twice")
-    STAGES[cls.kind] = cls
+    return add_kind(STAGES, "stage", cls)
+
+
+def add_kind(registry: dict[str, Any], what: str, cls: Any) -> Any:
+    """Put ``cls`` in ``registry`` under its ``kind``; another class under the same kind is an error."""
+    if cls.kind in registry and registry[cls.kind] is not cls:
+        raise ValueError(f"{what} kind {cls.kind!r} registered twice")
+    registry[cls.kind] = cls
     return cls
 
 

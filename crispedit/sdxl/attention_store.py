@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 
+from crispedit.sdxl.processors import attention_input, attention_output
+
 PLACES = ("down", "mid", "up")
 
 
@@ -216,13 +218,7 @@ class StoringCrossAttnProcessor:
         temb: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = attention_input(attn, hidden_states, temb)
         is_cross = encoder_hidden_states is not None
         context = encoder_hidden_states if is_cross else hidden_states
         batch_size, key_length, _ = context.shape
@@ -237,13 +233,7 @@ class StoringCrossAttnProcessor:
         probs = attn.get_attention_scores(query, key, attention_mask)
         if is_cross and self.store.wants(self.place, probs.shape[1]):
             self.store.record(probs, attn.heads)
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return attention_output(attn, attn.batch_to_head_dim(torch.bmm(probs, value)), residual, shape)
 
 
 def keyword_mask(

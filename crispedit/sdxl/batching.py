@@ -43,3 +43,25 @@ def run_in_calls(items: Sequence[T], size: int, exact: bool, call: Callable[[lis
 def to_uint8(images: np.ndarray) -> list[np.ndarray]:
     """Pipeline output in [0, 1] (N, H, W, 3) -> uint8 RGB arrays, rounded as diffusers' PIL conversion rounds."""
     return [np.ascontiguousarray((np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)) for image in images]
+
+
+def run_pipe(pipe: Any, sampler: Any, prompts: Sequence[str], seeds: Sequence[int], **inputs: Any) -> list[np.ndarray]:
+    """One call of an image-conditioned SDXL pipeline with a ``Sampler``'s settings, each row seeded alone, as uint8 images.
+
+    What the inpaint, refine and style branches share; ``inputs`` are each pipeline's own
+    (images, masks, strength, ControlNet scale, ...).
+    """
+    import torch
+
+    negative = [sampler.negative_prompt] * len(prompts) if sampler.negative_prompt else None
+    with torch.no_grad():
+        images = pipe(
+            prompt=list(prompts),
+            negative_prompt=negative,
+            num_inference_steps=sampler.steps,
+            guidance_scale=sampler.guidance_scale,
+            generator=generators(seeds),
+            output_type="np",
+            **inputs,
+        ).images
+    return to_uint8(images)

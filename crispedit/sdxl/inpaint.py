@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from crispedit.sdxl.batching import generators, to_uint8
+from crispedit.sdxl.batching import run_pipe
 from crispedit.sdxl.images import mask_pil, to_pil
 from crispedit.sdxl.options import Sampler
 
@@ -32,19 +31,11 @@ class InpaintRequest:
 def run_inpaint(pipe: Any, requests: Sequence[InpaintRequest], sampler: Sampler, size: tuple[int, int], strength: float) -> list[np.ndarray]:
     """One image per request, all of ``size`` = (height, width)."""
     height, width = size
-    negative = [sampler.negative_prompt] * len(requests) if sampler.negative_prompt else None
-    with torch.no_grad():
-        images = pipe(
-            prompt=[r.prompt for r in requests],
-            negative_prompt=negative,
-            image=[to_pil(r.image, size) for r in requests],
-            mask_image=[mask_pil(r.mask, size) for r in requests],
-            height=height,
-            width=width,
-            strength=strength,
-            num_inference_steps=sampler.steps,
-            guidance_scale=sampler.guidance_scale,
-            generator=generators([r.seed for r in requests]),
-            output_type="np",
-        ).images
-    return to_uint8(images)
+    return run_pipe(
+        pipe, sampler, [r.prompt for r in requests], [r.seed for r in requests],
+        image=[to_pil(r.image, size) for r in requests],
+        mask_image=[mask_pil(r.mask, size) for r in requests],
+        height=height,
+        width=width,
+        strength=strength,
+    )

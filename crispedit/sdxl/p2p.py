@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from crispedit.sdxl.alignment import TokenMapping
 from crispedit.sdxl.blending import StepWindow, layer_mask
+from crispedit.sdxl.processors import attention_input, attention_output
 
 
 @dataclass
@@ -133,13 +134,7 @@ class P2PAttnProcessor:
     ) -> torch.Tensor:
         if isinstance(encoder_hidden_states, tuple):
             raise TypeError("the P2P processor does not combine with an IP-Adapter (its states arrive as a tuple)")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        hidden_states, residual, shape = attention_input(attn, hidden_states, temb)
         is_cross = encoder_hidden_states is not None
         batch_size, _, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
         if attention_mask is not None:
@@ -165,14 +160,7 @@ class P2PAttnProcessor:
 
         out = self._attend(query, key, value, attention_mask, is_cross)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-        out = self._mix(out, is_cross)
-        out = attn.to_out[0](out)
-        out = attn.to_out[1](out)
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_output(attn, self._mix(out, is_cross), residual, shape)
 
     # -- the control ------------------------------------------------------------------------
     def _layout(self, batch_size: int) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crispedit.sdxl.batching import generators, to_uint8
+from crispedit.sdxl.batching import run_pipe
 from crispedit.sdxl.images import canny, mask_pil, to_pil
 from crispedit.sdxl.options import Sampler
 
@@ -73,24 +73,17 @@ def run_refine(
     kwargs: dict[str, Any] = {}
     if requests[0].mask is not None:
         kwargs["mask_image"] = [mask_pil(r.mask, size) for r in requests]  # type: ignore[arg-type]
-    negative = [sampler.negative_prompt] * len(requests) if sampler.negative_prompt else None
     with torch.no_grad():
         embeds = ip_embeds(pipe, [to_pil(r.source) for r in requests], guidance)
-        with per_row_ip_embeds(pipe, embeds):
-            images = pipe(
-                prompt=[r.prompt for r in requests],
-                negative_prompt=negative,
-                image=[to_pil(r.target, size) for r in requests],
-                control_image=[to_pil(canny(r.target, *canny_thresholds), size) for r in requests],
-                ip_adapter_image_embeds=embeds,
-                height=height,
-                width=width,
-                strength=strength,
-                controlnet_conditioning_scale=controlnet_scale,
-                num_inference_steps=sampler.steps,
-                guidance_scale=sampler.guidance_scale,
-                generator=generators([r.seed for r in requests]),
-                output_type="np",
-                **kwargs,
-            ).images
-    return to_uint8(images)
+    with per_row_ip_embeds(pipe, embeds):
+        return run_pipe(
+            pipe, sampler, [r.prompt for r in requests], [r.seed for r in requests],
+            image=[to_pil(r.target, size) for r in requests],
+            control_image=[to_pil(canny(r.target, *canny_thresholds), size) for r in requests],
+            ip_adapter_image_embeds=embeds,
+            height=height,
+            width=width,
+            strength=strength,
+            controlnet_conditioning_scale=controlnet_scale,
+            **kwargs,
+        )

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
-from crispedit.sdxl.batching import generators, to_uint8
+from crispedit.sdxl.batching import run_pipe
 from crispedit.sdxl.images import canny, to_pil
 from crispedit.sdxl.options import Sampler
 
@@ -51,15 +50,4 @@ def run_style(
         }
     else:
         kwargs = {"image": [to_pil(r.source, size) for r in requests], "strength": strength}
-    negative = [sampler.negative_prompt] * len(requests) if sampler.negative_prompt else None
-    with torch.no_grad():
-        images = pipe(
-            prompt=[r.prompt for r in requests],
-            negative_prompt=negative,
-            num_inference_steps=sampler.steps,
-            guidance_scale=sampler.guidance_scale,
-            generator=generators([r.seed for r in requests]),
-            output_type="np",
-            **kwargs,
-        ).images
-    return to_uint8(images)
+    return run_pipe(pipe, sampler, [r.prompt for r in requests], [r.seed for r in requests], **kwargs)

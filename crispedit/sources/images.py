@@ -6,8 +6,9 @@ import re
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from crispedit.core.images import ImageRejected, fit_within, read_image
@@ -33,6 +34,27 @@ class ImageEntry:
 
 
 IP = TypeVar("IP", bound=ImageSourceParams)
+#: A decoded image and its conversion notes, or the reason it could not be decoded.
+Decoded = tuple[np.ndarray, list[str]] | str
+
+
+def item_sample(source: Source, index: int, per: int, ref: str, caption: str | None, decoded: Decoded) -> Sample:
+    """Item ``index`` of a source with ``per`` items per image: its sample, with the image or the reason it has none."""
+    which, variant = divmod(index, per)
+    sample = Sample(
+        id=sample_id(source.context.fingerprint, index),
+        index=index,
+        source_ref=ref,
+        source_caption=caption,
+        meta={"image_index": which, "variant": variant},
+    )
+    if isinstance(decoded, str):
+        sample.fail(source.name, decoded)
+    else:
+        pixels, notes = decoded
+        sample.source_image = pixels
+        sample.provenance["source"] = {"ref": ref, "conversions": notes}
+    return sample
 
 
 class ImageListSource(Source[IP]):
@@ -57,32 +79,18 @@ class ImageListSource(Source[IP]):
     def load(self, start: int, end: int) -> list[Sample]:
         entries = self._entries()
         per = self.params.edits_per_image
-        decoded: dict[int, tuple[Any, list[str]] | ImageRejected] = {}
+        decoded: dict[int, Decoded] = {}
         samples = []
         for index in range(start, end):
-            which, variant = divmod(index, per)
+            which = index // per
             entry = entries[which]
-            sample = Sample(
-                id=sample_id(self.context.fingerprint, index),
-                index=index,
-                source_ref=entry.ref,
-                source_caption=entry.caption,
-                meta={"image_index": which, "variant": variant},
-            )
-            if which not in decoded:
+            if which not in decoded:  # once per image, whatever its number of items
                 try:
                     pixels, notes = read_image(entry.path, self.params.max_pixels, self.params.background)
                     decoded[which] = (fit_within(pixels, self.params.max_side, self.params.size_multiple), notes)
                 except ImageRejected as rejected:
-                    decoded[which] = rejected
-            result = decoded[which]
-            if isinstance(result, ImageRejected):
-                sample.fail(self.name, str(result))
-            else:
-                pixels, notes = result
-                sample.source_image = pixels
-                sample.provenance["source"] = {"ref": entry.ref, "conversions": notes}
-            samples.append(sample)
+                    decoded[which] = str(rejected)
+            samples.append(item_sample(self, index, per, entry.ref, entry.caption, decoded[which]))
         return samples
 
 

@@ -21,10 +21,10 @@ from pydantic import Field
 
 from crispedit.core.images import ImageRejected, decode_image, fit_within
 from crispedit.core.paths import UnsafePathError
-from crispedit.core.sample import Sample, sample_id
+from crispedit.core.sample import Sample
 from crispedit.core.source import Source
 from crispedit.core.storage import is_url, relative_key, split_url
-from crispedit.sources.images import ImageSourceParams
+from crispedit.sources.images import ImageSourceParams, item_sample
 
 
 class RemoteImageParams(ImageSourceParams):
@@ -93,22 +93,8 @@ class RecordSource(Source[RP]):
         decoded = [self._decode(record) for record in records]
         samples = []
         for index in range(start, end):
-            which, variant = divmod(index, per)
-            record, result = records[which - first], decoded[which - first]
-            sample = Sample(
-                id=sample_id(self.context.fingerprint, index),
-                index=index,
-                source_ref=record.ref,
-                source_caption=record.caption,
-                meta={"image_index": which, "variant": variant},
-            )
-            if isinstance(result, str):
-                sample.fail(self.name, result)
-            else:
-                pixels, notes = result
-                sample.source_image = pixels
-                sample.provenance["source"] = {"ref": record.ref, "conversions": notes}
-            samples.append(sample)
+            record = records[index // per - first]
+            samples.append(item_sample(self, index, per, record.ref, record.caption, decoded[index // per - first]))
         return samples
 
     def _decode(self, record: Record) -> tuple[np.ndarray, list[str]] | str:

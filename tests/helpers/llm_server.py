@@ -22,7 +22,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -360,6 +360,12 @@ def _main() -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         server.stop()
+
+
+def serving() -> Iterator[LLMServer]:
+    """The body of a test module's ``server`` fixture: one local server for the module, stopped at its end."""
+    with LLMServer() as running:
+        yield running
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,14 @@ from crispedit.instruct.specs import answer_model
 from crispedit.instruct.stages import InstructParams, InstructStage
 from crispedit.instruct.taxonomies import BUILTIN, load_taxonomy, load_vocabulary
 from crispedit.sources.text import CaptionsParams, CaptionsSource, EmptyParams, EmptySource
-from tests.helpers.llm_server import LLMServer
+from tests.helpers.llm_server import LLMServer, serving
 from tests.helpers.recipes import write_recipe
 
 KEY_ENV = "CRISPEDIT_TEST_INSTRUCT_KEY"
 KEY = "sk-instruct-Hq27wP0kXz-unmistakable"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as running:
-        yield running
+server = pytest.fixture(scope="module", name="server")(serving)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from crispedit.core.failures import TransientError
 from crispedit.models.llm import LLMClient, LLMConfigError, LLMRequest, LLMSettings
-from tests.helpers.llm_server import LLMServer
+from tests.helpers.llm_server import LLMServer, serving
 
 KEY_ENV = "CRISPEDIT_TEST_LLM_KEY"
 KEY = "sk-test-Zq81xVuT0pLm6Yw3-distinctive"
@@ -26,10 +26,7 @@ class Edit(BaseModel):
     edit_objects: list[str]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as running:
-        yield running
+server = pytest.fixture(scope="module", name="server")(serving)
 
 
 @pytest.fixture(autouse=True)

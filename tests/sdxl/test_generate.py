@@ -21,15 +21,6 @@ SAMPLER = Sampler(steps=3, guidance_scale=5.0)
 SIDE = 64  # 8x8 latents; attention at 4x4 and 2x2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is several times faster than two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     from crispedit.sdxl.models import load_pipeline

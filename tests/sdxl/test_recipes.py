@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from crispedit.cli import main
 from crispedit.recipe import load_plan
@@ -19,14 +18,6 @@ REAL_IDS = {
     "h94/IP-Adapter@018e402774aeeddd60609b4ecdb7e298259dc729",
     "diffusers/stable-diffusion-xl-1.0-inpainting-0.1@115134f363124c53c7d878647567d04daf26e41e",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", ["style", "crispedit", "world"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.stage import BuildContext, Stage
@@ -13,14 +12,6 @@ from crispedit.engine.run import apply_stage
 from crispedit.recipe.catalog import STAGES
 
 CONTEXT = BuildContext(recipe_name="gen", fingerprint="gen", seed=0, tiny=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(kind: str, **params) -> Stage:

@@ -160,6 +160,20 @@ class GeneratorStage(Stage[GP]):
         return {**sampler.record(), "scheduler_class": getattr(self, "scheduler_class", None)}
 
 
+class TextToImageStage(GeneratorStage[GP]):
+    """A generator that draws with SDXL's text-to-image pipeline from its ``base_model`` (``sdxl_source``, ``p2p``)."""
+
+    def model_ids(self) -> dict[str, str]:
+        return {"base_model": self.params.base_model.describe()}
+
+    def load(self) -> None:
+        from crispedit.sdxl.models import load_pipeline, set_scheduler
+
+        p = self.params
+        self.pipe = load_pipeline("t2i", p.base_model, p.options(), self.twin_seed("base"))
+        self.scheduler_class = set_scheduler(self.pipe, p.scheduler)
+
+
 def by_size(samples: Sequence[Sample], size_of: Callable[[Sample], tuple[int, int]]) -> dict[tuple[int, int], list[Sample]]:
     """Samples grouped by the pipeline size they need (one call shape per group), in first-seen order."""
     groups: dict[tuple[int, int], list[Sample]] = defaultdict(list)

@@ -29,7 +29,7 @@ from crispedit.sdxl.stages.base import (
     SDXL_BASE,
     Fraction,
     GeneratorParams,
-    GeneratorStage,
+    TextToImageStage,
     by_size,
     check_fraction,
     draw_fraction,
@@ -76,7 +76,7 @@ class P2PParams(GeneratorParams):
 
 
 @register_stage
-class P2PStage(GeneratorStage[P2PParams]):
+class P2PStage(TextToImageStage[P2PParams]):
     """Source and target from the captions in one batch with Prompt-to-Prompt, soft-mask mixing and latent blending."""
 
     kind = "p2p"
@@ -87,16 +87,6 @@ class P2PStage(GeneratorStage[P2PParams]):
 
     def inputs(self) -> set[str]:
         return {"source_caption", "target_caption"} | ({"mask"} if self.params.mask == "required" else set())
-
-    def model_ids(self) -> dict[str, str]:
-        return {"base_model": self.params.base_model.describe()}
-
-    def load(self) -> None:
-        from crispedit.sdxl.models import load_pipeline, set_scheduler
-
-        p = self.params
-        self.pipe = load_pipeline("t2i", p.base_model, p.options(), self.twin_seed("base"))
-        self.scheduler_class = set_scheduler(self.pipe, p.scheduler)
 
     def controls(self) -> Any:
         from crispedit.sdxl.blending import StepWindow

@@ -21,7 +21,7 @@ from crispedit.core.sample import Sample
 from crispedit.core.stage import register_stage
 from crispedit.models.spec import ModelSpec
 from crispedit.sdxl.options import tiny_size
-from crispedit.sdxl.stages.base import SDXL_BASE, GeneratorParams, GeneratorStage
+from crispedit.sdxl.stages.base import SDXL_BASE, GeneratorParams, TextToImageStage
 
 
 class SourceParams(GeneratorParams):
@@ -40,7 +40,7 @@ class SourceParams(GeneratorParams):
 
 
 @register_stage
-class SDXLSourceStage(GeneratorStage[SourceParams]):
+class SDXLSourceStage(TextToImageStage[SourceParams]):
     """The source image from ``source_caption`` with SDXL (one per candidate seed), optionally a keyword attention mask."""
 
     kind = "sdxl_source"
@@ -50,16 +50,6 @@ class SDXLSourceStage(GeneratorStage[SourceParams]):
 
     def outputs(self) -> set[str]:
         return {"source_image", "meta.sdxl_source"} | ({"mask"} if self.params.keyword_mask != "off" else set())
-
-    def model_ids(self) -> dict[str, str]:
-        return {"base_model": self.params.base_model.describe()}
-
-    def load(self) -> None:
-        from crispedit.sdxl.models import load_pipeline, set_scheduler
-
-        p = self.params
-        self.pipe = load_pipeline("t2i", p.base_model, p.options(), self.twin_seed("base"))
-        self.scheduler_class = set_scheduler(self.pipe, p.scheduler)
 
     def size(self) -> tuple[int, int]:
         return tiny_size(self.params.height, self.params.width, self.context.tiny)
