@@ -126,3 +126,28 @@ def test_s3_torn_objects_of_a_committed_shard_are_rebuilt(baseline, s3: S3) -> N
     assert rerun.returncode == 0, rerun.stderr.decode()
     assert b"1 shards built" in rerun.stdout, rerun.stdout.decode()[-500:]
     assert ids_of(out) == expected and not strays(out, s3)
+
+
+READ_BACK = """
+import json, sys
+from crispedit.core.reader import read_columns
+from crispedit.ops.build_info import read_build
+build = read_build(sys.argv[1])
+ids = sorted(read_columns(build.data_files(), ["id"]).column("id").to_pylist())
+print(json.dumps({"shards": len(build.shards), "total": build.shards_total, "complete": build.complete,
+                  "stages": [s.name for s in build.stages], "thresholds": build.thresholds, "ids": ids}))
+"""
+
+
+@pytest.mark.slow
+def test_an_object_store_build_is_read_by_the_one_reader(baseline, s3: S3) -> None:  # noqa: F811
+    """read_build (what the card, the preview and the histograms read) opens an s3:// build as refilter does."""
+    recipe, expected = baseline
+    url = s3.new_prefix()
+    assert run(s3, recipe, url).returncode == 0
+    done = subprocess.run([sys.executable, "-c", READ_BACK, url], capture_output=True, text=True, env=s3.env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["complete"] and info["shards"] == info["total"] > 1
+    assert info["stages"] == ["instruct", "classical", "pixel_change"] and info["thresholds"]["pixel_l1"] == [0.01, 0.9]
+    assert info["ids"] == expected[0]
