@@ -28,9 +28,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crispedit.core.bounds import Bound
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, StageParams, register_stage
-from crispedit.filters.clip_filter import Bound
 
 
 class DedupeParams(StageParams):

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from crispedit.core.bounds import Bound
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
-from crispedit.filters.clip_filter import Bound
 from crispedit.models.llm import LLMSettings
 from crispedit.models.llm_stage import LLMStage
 from crispedit.models.viescore import COLUMNS, QUALITY_PROMPT, SEMANTICS_PROMPT, Prompts, judge_scores, questions

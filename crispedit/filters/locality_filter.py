@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from crispedit.core.bounds import Bound
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, StageParams, register_stage
-from crispedit.filters.clip_filter import Bound
 
 
 class LocalityParams(StageParams):

@@ -14,9 +14,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from crispedit.core.bounds import Bound, bound_checks
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
-from crispedit.filters.clip_filter import Bound, bound_checks
 from crispedit.models.spec import ModelSpec
 
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crispedit.core.bounds import Bounds
 from crispedit.core.presets import PresetNotFound, find_preset
 from crispedit.core.reader import BuildReader, Shard
 from crispedit.core.stage import BuildContext, FilterStage, Stage
 
 log = logging.getLogger("crispedit")
 
-Bounds = tuple[float | None, float | None]
 
 
 @dataclass

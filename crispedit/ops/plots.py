@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from crispedit.ops.build_info import Bounds
+from crispedit.core.bounds import Bounds
 
 MAX_BINS = 60
 
