@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     install_log_scrubber()  # whoever logs (httpx logs request URLs at INFO), no credential reaches the terminal
     try:
         return int(args.func(args) or 0)
-    except (OutputRefused, UnsafePathError) as error:  # a user's mistake: one line (the traceback with -v)
+    except (OutputRefused, UnsafePathError, PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        # a user's mistake (or a path they cannot write): one line, the traceback with -v
         if args.verbose:
             logging.getLogger("crispedit").exception("the command stopped")
         print(f"error: {scrub_text(str(error))}", file=sys.stderr)

@@ -106,7 +106,7 @@ def claim(
     for read in reads:
         source = resolve_location(read)
         if where.overlaps(source) and not (exempt and where.inside(source) and not where.same(source)):
-            shown = given if given.rstrip("/") == where.url else f"{given} ({where.url})"
+            shown = given if given in (where.url, f"{where.url}/") else f"{given or repr(given)} ({where.url})"
             if where.same(source):
                 raise OutputRefused(f"{shown} is what this command reads; choose a folder outside it")
             relation = "is inside" if where.inside(source) else "contains"
@@ -204,6 +204,10 @@ def list_files(where: Location, limit: int | None = None) -> list[str]:
     fs, path = _remote(where)
     root = path.rstrip("/")
     try:
+        if limit is not None:  # is anything there? one listing of the prefix answers, however big the store is
+            fs.invalidate_cache(root)
+            top = [n for n in fs.ls(root, detail=False) if n.rstrip("/") != root]
+            return sorted(n.rstrip("/")[len(root) :].lstrip("/") for n in top)[:limit]
         names = fs.find(root)
     except FileNotFoundError:
         return []

@@ -391,8 +391,14 @@ def upload_tree(
     batch_files: int = 50,
     policy: RetryPolicy | None = None,
     message: str = "Upload dataset with crispedit",
+    overwrite: bool = False,
 ) -> UploadReport:
-    """Put the tree in a Hub dataset repository, committing only what is missing or different."""
+    """Put the tree in a Hub dataset repository, committing only what is missing or different.
+
+    Files under data/, rejects/ and assets/ that the tree lacks are deleted, but only from a
+    repository crispedit published (its root holds the tree's manifest.json and summary.json);
+    in another one that would delete someone's files, so it is refused unless ``overwrite``.
+    """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
@@ -414,6 +420,10 @@ def upload_tree(
             report.already_there = sorted(wanted - {item.path for item in todo})
             first = False
         stale = sorted(p for p in remote if p.startswith(MANAGED_PREFIXES) and p not in wanted)
+        if stale and not overwrite and not {"manifest.json", "summary.json"} <= set(remote):
+            shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+            raise PublishError(f"{repo_id} holds files crispedit did not publish ({shown}); publish to another repository, "
+                               "or pass --overwrite to replace them")
         if not todo and not stale:
             return report
         batches = [todo[i : i + batch_files] for i in range(0, len(todo), batch_files)] or [[]]

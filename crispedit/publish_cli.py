@@ -45,7 +45,8 @@ def register(commands: Any) -> None:
     publish.add_argument("--dry-run", metavar="DIR", help="write the exact repository tree to DIR (new or empty); upload nothing")
     publish.add_argument("--to", metavar="URL", help="copy the tree to an fsspec URL (s3://..., gs://..., a folder) instead of the Hub")
     publish.add_argument("--overwrite", action="store_true",
-                         help="replace an earlier --dry-run tree, or a --to tree of another build (only files crispedit wrote there)")
+                         help="replace an earlier --dry-run tree, a --to tree of another build (only files crispedit wrote there), "
+                         "or files under data/, rejects/, assets/ of a Hub repository crispedit did not publish")
     publish.set_defaults(func=_publish)
 
     preview = commands.add_parser("preview", help="write static pages (OUT/preview/) to browse a build, even a partial one")
@@ -98,7 +99,8 @@ def _publish(args: argparse.Namespace) -> int:
             print(f"{scrub_text(args.to)}: {len(result['copied'])} copied, {len(result['kept'])} already there, "
                   f"{len(result['deleted'])} stale removed")
         if to_hub:
-            report = upload_tree(tree, args.repo_id, revision=args.revision, private=args.private or None, batch_files=args.batch_files)
+            report = upload_tree(tree, args.repo_id, revision=args.revision, private=args.private or None, batch_files=args.batch_files,
+                                 overwrite=args.overwrite)
             print(
                 f"{constants.ENDPOINT}/datasets/{args.repo_id}: {len(report.uploaded)} uploaded, {len(report.already_there)} already there,"
                 f" {len(report.deleted)} stale removed, {report.commits} commits ({report.rate_limited} rate limits, {report.conflicts} conflicts)"

@@ -302,6 +302,23 @@ def test_a_429_with_any_retry_after_waits_and_commits(header: str, low: float, h
     assert len(waits) == 1 and low <= waits[0] <= high, waits
 
 
+def test_a_repository_crispedit_did_not_publish_keeps_its_files(build: Path, hub: FakeHub, tmp_path: Path) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    api.create_repo("org/theirs", repo_type="dataset")
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_text("a,b\n1,2\n")
+    api.create_commit("org/theirs", [CommitOperationAdd("data/theirs.csv", str(theirs))], commit_message="their data",
+                      repo_type="dataset")
+    tree = plan_tree(build, repo_id="org/theirs", staging=tmp_path / "stage")
+    with pytest.raises(PublishError, match="did not publish"):
+        upload_tree(tree, "org/theirs", api=api)
+    assert "data/theirs.csv" in hub.files("org/theirs")
+    report = upload_tree(tree, "org/theirs", api=api, overwrite=True)
+    assert report.deleted == ["data/theirs.csv"] and "data/theirs.csv" not in hub.files("org/theirs")
+
+
 def test_interrupted_upload_resumes_with_only_the_missing_files(build: Path, hub: FakeHub, tmp_path: Path) -> None:
     from huggingface_hub import HfApi
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from crispedit.redact import scrub_url
 from crispedit.stages.source import register_source
 from crispedit.stages.source_records import InputFile, Record, RecordSource, RemoteImageParams, expand_inputs
 from crispedit.storage import Output
@@ -101,7 +102,7 @@ class TarIndex:
     def _index(self, file: InputFile) -> list[TarKey]:
         info = file.fs.info(file.path)
         stamp = {k: str(info.get(k)) for k in ("size", "mtime", "ETag", "LastModified", "last_modified") if info.get(k) is not None}
-        name = hashlib.sha256(json.dumps([INDEX_VERSION, file.url, stamp], sort_keys=True).encode()).hexdigest()[:32] + ".json"
+        name = hashlib.sha256(json.dumps([INDEX_VERSION, scrub_url(file.url), stamp], sort_keys=True).encode()).hexdigest()[:32] + ".json"
         if name in _INDEXES:
             return _INDEXES[name]
         keys = self._read_cached(name)
