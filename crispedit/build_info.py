@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
+from crispedit.recipe_yaml import RecipeError, load_located
 from crispedit.shards import DATA_DIR, REJECTS_DIR, read_markers
 
 log = logging.getLogger("crispedit")
@@ -138,7 +138,11 @@ def read_build(out_dir: str | Path) -> BuildInfo:
     recipe: dict[str, Any] = {}
     recipe_file = out / "recipe.yaml"
     if recipe_file.is_file():
-        loaded = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+        try:
+            loaded = load_located(recipe_file).data  # bounded: a build from elsewhere may hold a hostile file
+        except RecipeError as error:
+            log.warning("%s: %s", recipe_file, error.problems[0] if error.problems else error)
+            loaded = None
         recipe = loaded if isinstance(loaded, dict) else {}
     shards = committed_shards(out)
     total = summary.get("shards_total")
@@ -159,7 +163,10 @@ def _filter_chain(name: str, out_dir: Path) -> list[dict[str, Any]] | None:
     for folder in folders:
         file = folder / f"{name}.yaml"
         if file.is_file():
-            chain = yaml.safe_load(file.read_text(encoding="utf-8"))
+            try:
+                chain = load_located(file).data
+            except RecipeError:
+                return None
             if isinstance(chain, dict) and isinstance(chain.get("stages"), list):
                 return [s for s in chain["stages"] if isinstance(s, dict)]
     return None

@@ -24,13 +24,13 @@ import io
 import logging
 import random
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crispedit.classical_edits import EDITS
 from crispedit.edit_specs import NoObject, answer_model, template_spec
 from crispedit.llm import LLMSettings
+from crispedit.redact import scrub_url
 from crispedit.sample import Sample, derive_seed
 from crispedit.stages.base import Stage, StageParams, register_stage
 from crispedit.taxonomies import REGION_OPS, Category, Vocabulary, load_taxonomy, load_vocabulary
@@ -163,7 +163,7 @@ class InstructStage(Stage):
             return {}
         if self.context.tiny:
             return {"llm": "template (tiny)"}
-        return {"llm": f"{self.params.llm.model} at {public_url(self.params.llm.base_url)}"}
+        return {"llm": f"{self.params.llm.model} at {scrub_url(self.params.llm.base_url)}"}
 
     # -- running --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -357,13 +357,3 @@ class InstructStage(Stage):
             sample.source_caption = answer.source_caption
         if self.params.inverse:
             sample.inverse_instruction = answer.inverse_instruction
-
-
-def public_url(url: str) -> str:
-    """An endpoint as provenance may show it: no user, password or query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-

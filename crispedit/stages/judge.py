@@ -29,11 +29,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from crispedit.llm import LLMSettings
+from crispedit.redact import scrub_url
 from crispedit.sample import Sample
 from crispedit.stages.base import FilterStage, Resources, StageParams, register_stage
 from crispedit.stages.clip_filter import Bound
+from crispedit.storage import read_input
 
 INSTRUCTION_SLOT = "<instruction>"
+#: A prompt template is text: a file larger than this (or a device, a FIFO) is refused before it is read.
+TEMPLATE_MAX_BYTES = 1024**2
 COLUMNS = (
     "judge_semantics", "judge_quality", "judge_overall",
     "judge_edit_success", "judge_over_editing", "judge_naturalness", "judge_artifacts",
@@ -131,7 +135,7 @@ class JudgeStage(FilterStage):
     )
 
     def model_ids(self) -> dict[str, str]:
-        return {"judge": f"{self.params.llm.model} @ {self.params.llm.base_url}"}
+        return {"judge": f"{self.params.llm.model} @ {scrub_url(self.params.llm.base_url)}"}
 
     def thresholds(self) -> dict[str, tuple[Bound, Bound]]:
         p = self.params
@@ -146,8 +150,8 @@ class JudgeStage(FilterStage):
 
         p = self.params
         self.templates = {
-            "semantics": find_template(p.semantics_prompt, self.context.recipe_dir).read_text(encoding="utf-8"),
-            "quality": find_template(p.quality_prompt, self.context.recipe_dir).read_text(encoding="utf-8"),
+            "semantics": read_input(find_template(p.semantics_prompt, self.context.recipe_dir), TEMPLATE_MAX_BYTES).decode("utf-8"),
+            "quality": read_input(find_template(p.quality_prompt, self.context.recipe_dir), TEMPLATE_MAX_BYTES).decode("utf-8"),
         }
         self.client = LLMClient(p.llm, self.context.cache_dir if p.cache else None, stage=self.name)
 

@@ -15,8 +15,17 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import Field, field_validator
 
 from crispedit.images import ImageRejected, fit_within, read_image
+from crispedit.limits import MAX_FAN_OUT, MAX_ITEMS
 from crispedit.sample import Sample, sample_id
 from crispedit.stages.base import BuildContext, StageParams
+from crispedit.storage import DEFAULT_MAX_BYTES, InputRefused, is_url, read_input
+
+
+class SourceError(ValueError):
+    """The files a source names cannot be read as the recipe says (corrupt, empty, another schema).
+
+    The message is one line that names the file; ``crispedit build`` prints it and exits 2.
+    """
 
 
 class Source(ABC):
@@ -35,6 +44,25 @@ class Source(ABC):
     def outputs(self) -> set[str]:
         return set(self.provides)
 
+    def locations(self) -> list[str]:
+        """The files and folders the source reads (as the recipe names them), so a build never writes over them.
+
+        Taken from the parameters that name inputs; a glob or brace range counts as the folder it
+        searches, and a name that is no local path (a Hub dataset id) as nothing.
+        """
+        found: list[str] = []
+        for name in INPUT_PARAMETERS:
+            value = getattr(self.params, name, None)
+            for item in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(item, str | Path) and str(item):
+                    text = str(item)
+                    cut = min((i for i in (text.find(c) for c in "*?[{") if i >= 0), default=-1)
+                    if cut >= 0:
+                        text = text[:cut].rsplit("/", 1)[0] or "."
+                    if is_url(text) or Path(text).exists():
+                        found.append(text)
+        return found
+
     @abstractmethod
     def count(self) -> int:
         """How many items there are. Must be cheap and must not depend on file contents."""
@@ -43,6 +71,9 @@ class Source(ABC):
     def load(self, start: int, end: int) -> list[Sample]:
         """One sample per index in [start, end), in order; unreadable items become rejects."""
 
+
+#: Source parameters that name what a source reads.
+INPUT_PARAMETERS = ("folder", "files", "base", "path", "file", "list_file", "parquet", "webdataset", "shards")
 
 T = TypeVar("T", bound=type[Source])
 SOURCES: dict[str, type[Source]] = {}
@@ -54,11 +85,14 @@ def register_source(cls: T) -> T:
 
 
 class ImageSourceParams(StageParams):
-    edits_per_image: int = Field(1, ge=1, description="items per image: each gets its own edit")
+    edits_per_image: int = Field(1, ge=1, le=MAX_FAN_OUT, description="items per image: each gets its own edit")
     max_side: int | None = Field(512, ge=16, description="downscale so the long side is at most this")
     size_multiple: int = Field(8, ge=1, description="round width and height down to a multiple of this")
     max_pixels: int = Field(64_000_000, ge=1, description="refuse larger images before decoding them")
-    limit: int | None = Field(None, ge=1, description="use at most this many images")
+    max_bytes: int = Field(
+        DEFAULT_MAX_BYTES, ge=1, description="refuse larger image files (`file too large`) before reading them; devices and FIFOs are refused too",
+    )
+    limit: int | None = Field(None, ge=1, le=MAX_ITEMS, description="use at most this many images")
     background: int = Field(255, ge=0, le=255, description="gray level alpha is composited onto")
 
 
@@ -105,7 +139,7 @@ class ImageListSource(Source):
             )
             if which not in decoded:
                 try:
-                    pixels, notes = read_image(entry.path, self.params.max_pixels, self.params.background)
+                    pixels, notes = read_image(entry.path, self.params.max_pixels, self.params.background, self.params.max_bytes)
                     decoded[which] = (fit_within(pixels, self.params.max_side, self.params.size_multiple), notes)
                 except ImageRejected as rejected:
                     decoded[which] = rejected
@@ -161,7 +195,10 @@ class FolderSource(ImageListSource):
         if self.params.captions == "sidecar":
             sidecar = path.with_suffix(".txt")
             if sidecar.is_file():
-                return sidecar.read_text(encoding="utf-8", errors="replace").strip()
+                try:
+                    return read_input(sidecar, self.params.max_bytes).decode("utf-8", errors="replace").strip()
+                except InputRefused:
+                    pass  # an oversized or special sidecar: the file-name caption below
         words = re.sub(r"[_\-.]+", " ", path.stem)
         words = re.sub(r"\d+", " ", words).strip()
         return self.params.caption_template.format(name=re.sub(r"\s+", " ", words) or "something")

@@ -189,9 +189,9 @@ class VideoCaptionStage(Stage):
             return {}
         if self.context.tiny:
             return {"vlm": "template (tiny)"}
-        from crispedit.stages.instruct import public_url
+        from crispedit.redact import scrub_url
 
-        return {"vlm": f"{self.params.llm.model} at {public_url(self.params.llm.base_url)}"}
+        return {"vlm": f"{self.params.llm.model} at {scrub_url(self.params.llm.base_url)}"}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
