@@ -200,7 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--task", default=None, help="task category (models trained with task embeddings)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale; <= 1 turns it off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tau", type=float, default=None, help="region-hold threshold; 0 disables")
     p.add_argument("--keyword", action="append", default=None, help="instruction word(s) that locate the edit")

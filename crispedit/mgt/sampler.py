@@ -73,8 +73,8 @@ def scheduled_mask_count(schedule: str, step: int, steps: int, n_tokens: int) ->
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise -log(-log u), u ~ U[0, 1): -log u is clamped away from 0 (u = 1
-    cannot be drawn, but rounds to it in float32 near 1) and u away from 0, so it is finite."""
+    """Standard Gumbel noise -log(-log u), u ~ U[0, 1), always finite: u is clamped away from 0
+    and -log u away from 0 (a u of exactly 1, which some backends' uniform can return, gives 0)."""
     u = torch.rand(shape, generator=generator, device=device)
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 

@@ -78,7 +78,7 @@ class ReleasedScheduler:
         unknown = sample == self.mask_token_id
 
         probs = logits.softmax(dim=-1)
-        flat = probs.float() if probs.dtype != torch.float32 else probs
+        flat = probs.float() if probs.device.type == "cpu" and probs.dtype != torch.float32 else probs  # CPU multinomial
         drawn = torch.multinomial(flat.reshape(-1, vocab), 1, generator=generator)[:, 0].view(batch, height * width)
         drawn = torch.where(unknown, drawn, sample)
 
