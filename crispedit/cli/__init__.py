@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from crispedit.cli import build, ops, publish
 from crispedit.mgt import cli as trainer
@@ -23,4 +24,16 @@ def main(argv: list[str] | None = None) -> int:
         group.register(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    from crispedit.core.outputs import OutputRefused
+    from crispedit.core.paths import UnsafePathError
+    from crispedit.core.redact import install_log_scrubber, scrub_text
+
+    install_log_scrubber()  # whoever logs (httpx logs request URLs at INFO), no credential reaches the terminal
+    try:
+        return int(args.func(args) or 0)
+    except (OutputRefused, UnsafePathError, PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        # a user's mistake (or a path they cannot write): one line, the traceback with -v
+        if args.verbose:
+            logging.getLogger("crispedit").exception("the command stopped")
+        print(f"error: {scrub_text(str(error))}", file=sys.stderr)
+        return 2

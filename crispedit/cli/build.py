@@ -14,12 +14,13 @@ def register(commands: Any) -> None:
     build = commands.add_parser("build", help="run a recipe; reruns skip committed shards")
     build.add_argument("recipe", type=Path)
     build.add_argument("--tiny", action="store_true", help="swap every model for a tiny random-init twin")
-    build.add_argument("--out", help="output directory (inside output.root), instead of the recipe's output.dir")
+    build.add_argument("--out", help="output directory or URL, instead of the recipe's output.dir (a new or empty folder, or this build's)")
     build.add_argument("--runner", choices=["ray", "local"], help="override execution.runner (local = in-process, for debugging)")
     build.add_argument("--address", help="Ray cluster address (also read from RAY_ADDRESS); default: start Ray locally")
     build.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance")
     build.add_argument("--max-shards", type=int, help="build at most this many pending shards, then stop")
-    build.add_argument("--overwrite", action="store_true", help="delete an existing different build in the output dir")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace a different build in the output dir (built beside it, swapped in when complete)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.add_argument(
         "--until", metavar="STAGE",
@@ -27,7 +28,8 @@ def register(commands: Any) -> None:
     )
     build.set_defaults(func=_build)
 
-    validate = commands.add_parser("validate", help="check a recipe without loading anything heavy")
+    validate = commands.add_parser(
+        "validate", help="check a recipe without loading anything heavy; list its plugins, endpoints and outside paths")
     validate.add_argument("recipe", type=Path)
     validate.add_argument("--tiny", action="store_true")
     validate.set_defaults(func=_validate)
@@ -39,12 +41,13 @@ def register(commands: Any) -> None:
 
 
 def _load(args: argparse.Namespace, out: str | None = None) -> Any:
+    from crispedit.core.redact import scrub_text
     from crispedit.recipe import RecipeError, load_plan
 
     try:
         return load_plan(args.recipe, tiny=args.tiny, out=out)
     except RecipeError as error:
-        print(error, file=sys.stderr)
+        print(scrub_text(str(error)), file=sys.stderr)
         return None
 
 
@@ -52,8 +55,13 @@ def _validate(args: argparse.Namespace) -> int:
     plan = _load(args)
     if plan is None:
         return 2
+    from crispedit.core.redact import scrub_url
+    from crispedit.recipe.reach import recipe_reach
+
     stages = " -> ".join([f"{plan.source.kind}"] + [s.name for s in plan.stages])
-    print(f"{plan.file}: ok: {plan.recipe.name} ({stages}); fingerprint {plan.fingerprint}; output {plan.output_dir}")
+    print(f"{plan.file}: ok: {plan.recipe.name} ({stages}); fingerprint {plan.fingerprint}; output {scrub_url(plan.output_dir)}")
+    for line in recipe_reach(plan).lines():
+        print(f"  {line}")
     return 0
 
 
@@ -64,6 +72,7 @@ def _build(args: argparse.Namespace) -> int:
     if plan is None:
         return 2
     from crispedit.core.failures import StageBroken
+    from crispedit.core.redact import scrub_text
     from crispedit.engine import BuildError, build
     from crispedit.models.llm import LLMConfigError
     from crispedit.recipe import plan_until
@@ -80,20 +89,20 @@ def _build(args: argparse.Namespace) -> int:
             max_shards=args.max_shards, overwrite=args.overwrite, progress=not args.no_progress,
         )
     except BuildError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {scrub_text(str(error))}", file=sys.stderr)
         return 2
     except StageBroken as error:  # its traceback was logged once and saved under OUT/logs/
-        print(f"error: the build stopped: {error}", file=sys.stderr)
+        print(f"error: the build stopped: {scrub_text(str(error))}", file=sys.stderr)
         return 3
     except LLMConfigError as error:  # a missing key or a wrong endpoint: nothing a rerun would fix
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {scrub_text(str(error))}", file=sys.stderr)
         return 2
     print_summary(result.summary)
-    print(f"output: {result.out_dir}  ({result.shards_built} shards built, {result.shards_skipped} already committed, {result.seconds:.1f}s)")
+    print(f"output: {scrub_text(result.out_dir)}  ({result.shards_built} shards built, {result.shards_skipped} already committed, {result.seconds:.1f}s)")
     if result.failed:
         print(f"error: {len(result.failed)} shards not committed (transient failures; rerun the same command to build them):", file=sys.stderr)
         for name, reason in sorted(result.failed.items()):
-            print(f"  {name}: {reason}", file=sys.stderr)
+            print(f"  {name}: {scrub_text(str(reason))}", file=sys.stderr)
         return 1
     return 0
 

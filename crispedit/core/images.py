@@ -27,10 +27,19 @@ class ImageRejected(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255) -> tuple[np.ndarray, list[str]]:
-    """Read a file as an HxWx3 uint8 RGB array; also say which conversions were applied."""
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 255,
+               max_bytes: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Read a file as an HxWx3 uint8 RGB array; also say which conversions were applied.
+
+    A device, a FIFO, or a file over ``max_bytes`` is refused before it is read.
+    """
+    from crispedit.core.storage import DEFAULT_MAX_BYTES, InputRefused, read_input
+
     try:
-        data = path.read_bytes()
+        data = read_input(path, max_bytes or DEFAULT_MAX_BYTES)
+    except InputRefused as refused:
+        reason, _, detail = str(refused).partition(": ")
+        raise ImageRejected(reason, detail) from None
     except OSError as error:
         raise ImageRejected("unreadable file", str(error)) from None
     return decode_image(data, max_pixels=max_pixels, background=background)

@@ -27,7 +27,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from crispedit.core.sample import child_id, sample_id
 from crispedit.core.shards import COMMITS_DIR, DATA_DIR, REJECTS_DIR, ShardRange, read_markers
@@ -39,7 +38,7 @@ log = logging.getLogger("crispedit")
 MAX_CHILDREN = 4096
 
 #: A file of a build: a local path, or a URL on an object store.
-Location = Path | str
+BuildFile = Path | str
 
 
 class NotABuildError(FileNotFoundError):
@@ -55,8 +54,8 @@ class Shard:
     end: int
     rows: int
     rejects: int
-    data: Location
-    rejects_file: Location
+    data: BuildFile
+    rejects_file: BuildFile
 
 
 class BuildReader:
@@ -66,6 +65,8 @@ class BuildReader:
         self.output = location if isinstance(location, Output) else Output(location, storage_options)
         if not (self.output.exists("manifest.json") or self.output.exists("summary.json") or self.output.list(COMMITS_DIR, "commit-*.json")):
             raise NotABuildError(f"{self.output.url} is not a crispedit output (no manifest.json, summary.json or _commits/)")
+        #: Files of the build that could not be read as they should (see :meth:`_yaml`).
+        self.problems: list[str] = []
         self.manifest: dict[str, Any] = self._json("manifest.json")
         self.summary: dict[str, Any] = self._json("summary.json")
         self.recipe: dict[str, Any] = self._yaml("recipe.yaml")
@@ -81,9 +82,23 @@ class BuildReader:
         return data if isinstance(data, dict) else {}
 
     def _yaml(self, key: str) -> dict[str, Any]:
+        """A YAML file of the build, read with the recipe's bounds: a build from elsewhere may hold a hostile file.
+
+        One that is refused reads as empty, with the reason in :attr:`problems` (a rewrite refuses such a build).
+        """
+        from crispedit.core.located import MAX_RECIPE_BYTES, LocatedError, parse_located
+        from crispedit.core.storage import InputRefused, read_input
+
+        if not self.output.exists(key):
+            return {}
         try:
-            data = yaml.safe_load(self.output.read_bytes(key))
-        except (OSError, yaml.YAMLError):
+            text = read_input(self.location(key), MAX_RECIPE_BYTES, self.output.storage_options).decode("utf-8")
+            data = parse_located(text, self.output.url_of(key)).data
+        except (OSError, UnicodeDecodeError, InputRefused, LocatedError) as error:
+            located = isinstance(error, LocatedError) and error.problems
+            problem = str(error.problems[0]) if located else f"{self.output.url_of(key)}: {error}"
+            log.warning("%s", problem)
+            self.problems.append(problem)
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -109,7 +124,7 @@ class BuildReader:
     def rejects_key(self, shard: ShardRange) -> str:
         return self.output.join(REJECTS_DIR, f"rejects-{shard.suffix}.parquet")
 
-    def location(self, key: str) -> Location:
+    def location(self, key: str) -> BuildFile:
         """A key as something :func:`read_columns` and ``pyarrow`` open: a Path on a local disk, else its URL."""
         return Path(self.output.full_path(key)) if self.output.is_local else self.output.url_of(key)
 
@@ -174,7 +189,7 @@ def _has_size(output: Output, key: str, size: Any) -> bool:
 
 
 @contextmanager
-def _opened(location: Location) -> Any:
+def _opened(location: BuildFile) -> Any:
     """A local path as it is, a URL opened through fsspec (with the environment's credentials)."""
     if isinstance(location, str) and is_url(location):
         with open_input(location) as handle:
@@ -183,7 +198,7 @@ def _opened(location: Location) -> Any:
         yield location
 
 
-def read_columns(paths: list[Location], columns: list[str]) -> pa.Table:
+def read_columns(paths: list[BuildFile], columns: list[str]) -> pa.Table:
     """The named columns (those present) of every file, concatenated, plus ``_file`` and ``_row``."""
     tables = []
     for number, path in enumerate(paths):
@@ -199,7 +214,7 @@ def read_columns(paths: list[Location], columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def read_rows(path: Location, rows: list[int], columns: list[str] | None = None) -> pa.Table:
+def read_rows(path: BuildFile, rows: list[int], columns: list[str] | None = None) -> pa.Table:
     """Only the row groups holding ``rows`` are read: a sample of a large file stays cheap."""
     with _opened(path) as source:
         handle = pq.ParquetFile(source)

@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 from crispedit.core.faults import fault_point
 from crispedit.core.hub_parquet import hub_parquet_bytes
 from crispedit.core.images import encode_image
+from crispedit.core.limits import MAX_ITEMS, MAX_SHARDS
+from crispedit.core.redact import scrub_text
 from crispedit.core.sample import IMAGE_COLUMNS, TEXT_COLUMNS, Sample, digest, provenance_json
 from crispedit.core.stats import StageStats
 from crispedit.core.storage import Output
@@ -55,7 +57,18 @@ class ShardRange:
         return f"train-{self.suffix}"
 
 
+class PlanTooLarge(ValueError):
+    """More items or shards than a build may have (crispedit.core.limits)."""
+
+
 def plan_shards(count: int, shard_size: int) -> list[ShardRange]:
+    """The shards of ``count`` items; refused before any is made when the plan would pass the limits."""
+    if count > MAX_ITEMS:
+        raise PlanTooLarge(f"the source has {count:,} items, more than a build may have ({MAX_ITEMS:,}); set a `limit`")
+    shards = -(-count // shard_size)
+    if shards > MAX_SHARDS:
+        raise PlanTooLarge(f"{count:,} items in shards of {shard_size} make {shards:,} shards, more than {MAX_SHARDS:,}; "
+                           "raise output.shard_size")
     return [ShardRange(lo, min(lo + shard_size, count)) for lo in range(0, count, shard_size)]
 
 
@@ -96,6 +109,30 @@ def reject_features(score_columns: Iterable[str]) -> Any:
 
 
 ORDER_COLUMN = "_order"
+
+#: What a build's folder may hold, as glob patterns (its ``.crispedit-output.json`` names them):
+#: what ``--overwrite`` may delete, and nothing else.
+BUILD_PATTERNS = (
+    "manifest.json", "summary.json", "recipe.yaml", "hist-*.png", ".tmp-*",
+    f"{DATA_DIR}/*", f"{REJECTS_DIR}/*", f"{COMMITS_DIR}/*", f"{PARTS_DIR}/*", "logs/*", ".cache/*", "until/*", "preview/*",
+)
+
+
+def legacy_marker(where: Any) -> dict[str, Any] | None:
+    """The marker a shard-layout output written before markers existed would have: a build, or a
+    ``refilter`` / ``dedupe`` result (whose manifest says ``derived_from``). None for anything else."""
+    from crispedit.core.outputs import marker_for
+
+    output = Output(where.url)
+    try:
+        manifest = json.loads(output.read_bytes("manifest.json"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or "fingerprint" not in manifest or "shard_size" not in manifest:
+        return None
+    derived = manifest.get("derived_from")
+    kind = "build" if not isinstance(derived, dict) else "dedupe" if "dedupe" in derived else "refilter"
+    return marker_for(kind, patterns=BUILD_PATTERNS)
 
 
 class ShardStore:
@@ -175,7 +212,7 @@ class ShardStore:
         The sort makes the bytes independent of how the runner grouped the samples.
         """
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        table = table.sort_by(ORDER_COLUMN).combine_chunks()
+        table = scrubbed(table.sort_by(ORDER_COLUMN).combine_chunks())
         refused = table.filter(pc.is_valid(table.column("reason")))
         accepted = table.filter(pc.is_null(table.column("reason")))
         fault_point("before-rejects")
@@ -249,6 +286,23 @@ class ShardStore:
     # reading back --------------------------------------------------------------------
     def markers(self) -> list[dict[str, Any]]:
         return read_markers(self.output)
+
+
+#: Text columns that may quote an endpoint or a source URL, hence a credential: scrubbed as they are written.
+SCRUBBED_COLUMNS = ("provenance", "reason", "source_ref")
+
+
+def scrubbed(table: pa.Table) -> pa.Table:
+    """``table`` with :func:`crispedit.core.redact.scrub_text` applied to its :data:`SCRUBBED_COLUMNS`."""
+    for name in SCRUBBED_COLUMNS:
+        if name not in table.column_names:
+            continue
+        values = table.column(name).to_pylist()
+        clean = [scrub_text(v) if isinstance(v, str) else v for v in values]
+        if clean != values:
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(index), pa.array(clean, table.schema.field(index).type))
+    return table
 
 
 def as_output(location: str | os.PathLike[str] | Output) -> Output:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from crispedit.core.faults import fault_point
+from crispedit.core.locations import resolve_location
 from crispedit.core.paths import UnsafePathError, contained, safe_name
 
 #: Prefix of the hidden temporary files local writes go through (invisible to ``datasets``).
@@ -31,18 +33,21 @@ Bytes = bytes | bytearray | memoryview
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
-    """True for ``proto://...`` locations other than ``file://`` (those are plain local paths)."""
+    """True for locations fsspec must open: remote URLs and fsspec chains.
+
+    Every spelling of this machine's disk (a path, ``file://``, ``file:``, ``local://``) is local.
+    """
     text = os.fspath(location)
-    return "://" in text and not text.startswith("file://")
+    return "::" in text or not resolve_location(text).is_local
 
 
 def split_url(location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """(filesystem, path inside it) for a local path or an fsspec URL."""
+    """(filesystem, path inside it) for a local path or an fsspec URL; local paths resolved by :func:`resolve_location`."""
     from fsspec.core import url_to_fs
 
     text = os.fspath(location)
     if not is_url(text):
-        text = str(Path(text.removeprefix("file://")).expanduser().resolve())
+        text = str(resolve_location(text).path)
     return url_to_fs(text, **dict(storage_options or {}))
 
 
@@ -50,6 +55,63 @@ def open_input(url: str | os.PathLike[str], storage_options: Mapping[str, Any] |
     """Open a source file (local path or URL) for binary reading; use it as a context manager."""
     fs, path = split_url(url, storage_options)
     return fs.open(path, "rb", **open_kwargs)
+
+
+#: Default bound on one input file read whole (an image, a caption list, a recipe's text file).
+DEFAULT_MAX_BYTES = 256 * 1024**2
+
+
+class InputRefused(ValueError):
+    """An input that is not read: a device, a FIFO, a directory, or more bytes than allowed.
+
+    The message is a reject reason (``category: detail``).
+    """
+
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def _check_regular(mode: int, size: int, name: str, max_bytes: int) -> None:
+    for test, kind in _KINDS:
+        if test(mode):
+            raise InputRefused(f"unreadable file: {name} is {kind}, not a regular file")
+    if not stat.S_ISREG(mode):
+        raise InputRefused(f"unreadable file: {name} is not a regular file")
+    if size > max_bytes:
+        raise InputRefused(f"file too large: {name} holds {size} bytes, more than max_bytes ({max_bytes})")
+
+
+def read_input(location: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES,
+               storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """A whole input file, local or remote, refused (InputRefused) when it is not a regular file or holds more than ``max_bytes``.
+
+    A local file is checked before it is opened (opening a FIFO would block, a device would
+    never end) and again on the open handle, and at most ``max_bytes + 1`` bytes are ever
+    read, so a file that grows meanwhile cannot exhaust memory either. Raises OSError when
+    the file cannot be read at all.
+    """
+    text = os.fspath(location)
+    where = resolve_location(location)
+    if where.is_local and where.path is not None:
+        path = str(where.path)
+        info = os.stat(path)
+        _check_regular(info.st_mode, info.st_size, text, max_bytes)
+        if not where.chained:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                _check_regular(info.st_mode, info.st_size, text, max_bytes)
+                data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise InputRefused(f"file too large: {text} holds more than max_bytes ({max_bytes})")
+            return data
+    fs, path = split_url(text, storage_options)
+    with fs.open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputRefused(f"file too large: {text} holds more than max_bytes ({max_bytes})")
+    return data
 
 
 def relative_key(*parts: str) -> str:
@@ -80,7 +142,13 @@ class Output:
 
     def __init__(self, location: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
-        self.fs, root = split_url(location, self.storage_options)
+        where = resolve_location(location)
+        if where.chained:
+            raise UnsafePathError(f"{os.fspath(location)}: an output is a folder or a plain URL, not an fsspec chain")
+        if not where.is_local and ".." in where.segments():
+            raise UnsafePathError(f"{os.fspath(location)}: '..' in an object-store URL")
+        self.location = where
+        self.fs, root = split_url(where.url, self.storage_options)
         self.is_local: bool = _is_local(self.fs)
         self.root: str = root.rstrip("/") if not self.is_local else str(Path(root))
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]

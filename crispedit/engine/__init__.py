@@ -18,16 +18,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from crispedit import __version__
 from crispedit.core.failures import StageBroken
-from crispedit.core.faults import fault_point
-from crispedit.core.shards import plan_shards
+from crispedit.core.redact import scrub_text
+from crispedit.core.shards import PlanTooLarge, plan_shards
+from crispedit.core.source import SourceError
 from crispedit.core.stats import summarize
 from crispedit.core.storage import Output
 from crispedit.engine.local_runner import run_local
+from crispedit.engine.output import OutputInUse, claim_output, finish, manifest_of, write_manifest
 from crispedit.engine.plan import BuildError, build_meta, context_for, make_source, make_stage, placement, segments, store_for
 from crispedit.engine.progress import Progress
 from crispedit.engine.ray_runner import run_ray
@@ -67,10 +67,21 @@ def build(
     started = time.perf_counter()
     meta = build_meta(plan)
     source = make_source(plan, context_for(plan))
-    count = source.count()
-    shards = plan_shards(count, plan.recipe.output.shard_size)
+    where = f"{plan.source.origin}:{plan.source.line}" if plan.source.line else plan.source.origin
+    try:
+        count = source.count()
+        shards = plan_shards(count, plan.recipe.output.shard_size)
+    except (SourceError, PlanTooLarge) as error:
+        raise BuildError(f"{where}: source: {error}") from None
+    except (OSError, ValueError) as error:  # a missing file, a column the files lack: the recipe's data, not a bug
+        raise BuildError(f"{where}: source ({plan.source.kind}): {error}") from None
+    manifest = manifest_of(plan, count, meta.score_columns)
+    try:
+        plan, replaces = claim_output(plan, manifest, overwrite, source.locations())
+    except OutputInUse as error:
+        raise BuildError(str(error)) from None
     store = store_for(plan, meta)
-    _check_manifest(plan, store.output, count, store.score_columns, overwrite)
+    write_manifest(plan, store.output, manifest)
     store.remove_temporaries()
     todo = [s for s in shards if not store.is_committed(s)]
     skipped = len(shards) - len(todo)
@@ -102,12 +113,13 @@ def build(
     )
     if warnings:
         summary["warnings"] = warnings
-    store.output.write_text("summary.json", json.dumps(summary, indent=1))
+    store.output.write_text("summary.json", scrub_text(json.dumps(summary, indent=1)))
     if store.output.is_local and summary["shards"] and meta.score_columns:
         from crispedit.ops.histograms import write_histograms  # matplotlib only when there is something to draw
 
         write_histograms(store.output.root)
-    return BuildResult(store.output.url, len(shards), len(todo) - len(failed), skipped, time.perf_counter() - started, summary, failed)
+    out_dir = finish(store.output.url, replaces, summary["complete"] and not failed)
+    return BuildResult(out_dir, len(shards), len(todo) - len(failed), skipped, time.perf_counter() - started, summary, failed)
 
 
 def _add_resources(plan: BuildPlan, summary: dict[str, Any]) -> None:
@@ -123,43 +135,5 @@ def _add_resources(plan: BuildPlan, summary: dict[str, Any]) -> None:
 
 def _save_broken(output: Output, error: StageBroken) -> None:
     key = output.join("logs", f"broken-{error.stage}.txt")
-    output.write_text(key, f"{error}\n\n{error.trace}")
+    output.write_text(key, scrub_text(f"{error}\n\n{error.trace}"))
     log.error("%s\n%s\n(traceback saved in %s)", error, error.trace, output.url_of(key))
-
-
-def _check_manifest(plan: BuildPlan, output: Output, count: int, columns: list[str], overwrite: bool) -> None:
-    """Refuse to mix two different builds in one directory; that would corrupt both."""
-    spec = plan.recipe.output
-    manifest = {
-        "recipe": plan.recipe.name,
-        "fingerprint": plan.fingerprint,
-        "items": count,
-        "shard_size": spec.shard_size,
-        "image_format": spec.image_format,
-        "quality": spec.quality,
-        "png_compression": spec.png_compression,
-        "reject_images": spec.reject_images,
-        "score_columns": columns,
-        "tiny": plan.tiny,
-    }
-    # The stages as they ran (filter chains expanded, --tiny applied), so the output explains
-    # itself without the recipe's folder: what the dataset card and preview read.
-    pipeline = [{"kind": e.kind, "name": e.name, "params": e.params.model_dump(mode="json")} for e in plan.stages]
-    if output.exists("manifest.json") and not overwrite:
-        old = json.loads(output.read_bytes("manifest.json"))
-        changed = [k for k in manifest if old.get(k) != manifest[k]]
-        if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {manifest[k]!r}" for k in changed)
-            raise BuildError(
-                f"{output.url} holds a different build ({detail}); choose another --out, or pass --overwrite to rebuild it"
-            )
-    if overwrite and output.exists("manifest.json"):
-        for folder in ("data", "rejects", "_commits", "_parts", "logs"):
-            path = output.full_path(folder)
-            if output.fs.exists(path):
-                output.fs.rm(path, recursive=True)
-    output.write_text("manifest.json", json.dumps({**manifest, "stages": pipeline, "crispedit_version": __version__}, indent=1))
-    output.write_text("recipe.yaml", Path(plan.file).read_text(encoding="utf-8"))
-    fault_point("after-manifest")
-
-

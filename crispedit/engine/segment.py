@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from crispedit.core.failures import StageBroken, TransientError, describe_error
+from crispedit.core.redact import install_log_scrubber
 from crispedit.core.sample import Sample
 from crispedit.core.shards import ShardRange
 from crispedit.core.source import Source
@@ -64,6 +65,7 @@ class Segment:
     """
 
     def __init__(self, plan_json: str, steps: list[Step], meta: BuildMeta) -> None:
+        install_log_scrubber()  # a Ray worker's logs carry no credential either
         self.plan = thaw_plan(plan_json)
         self.steps, self.meta = steps, meta
         context = context_for(self.plan)

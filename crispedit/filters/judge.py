@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from crispedit.core.bounds import Bound
+from crispedit.core.redact import scrub_url
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
 from crispedit.models.llm import LLMSettings
@@ -58,7 +59,7 @@ class JudgeStage(LLMStage, FilterStage[JudgeParams]):
         return list(COLUMNS)
 
     def model_ids(self) -> dict[str, str]:
-        return {"judge": f"{self.params.llm.model} @ {self.params.llm.base_url}"}
+        return {"judge": f"{self.params.llm.model} @ {scrub_url(self.params.llm.base_url)}"}
 
     def thresholds(self) -> dict[str, tuple[Bound, Bound]]:
         p = self.params

@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 import random
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crispedit.classical.edits import EDITS
+from crispedit.core.redact import scrub_url
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.instruct.specs import NoObject, answer_model, template_spec
@@ -146,7 +146,7 @@ class InstructStage(LLMStage, Stage[InstructParams]):
             return {}
         if self.context.tiny:
             return {"llm": "template (tiny)"}
-        return {"llm": f"{self.params.llm.model} at {public_url(self.params.llm.base_url)}"}
+        return {"llm": f"{self.params.llm.model} at {scrub_url(self.params.llm.base_url)}"}
 
     # -- running --------------------------------------------------------------------------
     def __call__(self, batch: list[Sample]) -> list[Sample]:
@@ -318,13 +318,3 @@ class InstructStage(LLMStage, Stage[InstructParams]):
             sample.source_caption = answer.source_caption
         if self.params.inverse:
             sample.inverse_instruction = answer.inverse_instruction
-
-
-def public_url(url: str) -> str:
-    """An endpoint as provenance may show it: no user, password or query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-

@@ -49,8 +49,12 @@ def _train(args: argparse.Namespace) -> int:
         cfg.train.learning_rate = args.learning_rate
     if args.num_workers is not None:
         cfg.train.num_workers = args.num_workers
+    output_dir = args.output_dir or cfg.train.output_dir
+    reads = [*args.data, *([args.from_checkpoint] if args.from_checkpoint else [])]
+    if not _claim_folder(output_dir, "train", reads, overwrite=args.overwrite, resume=args.resume):
+        return 2
     show = sys.stderr.isatty() and not args.no_progress
-    result = train(cfg, args.data, output_dir=args.output_dir or cfg.train.output_dir, max_steps=args.max_steps,
+    result = train(cfg, args.data, output_dir=output_dir, max_steps=args.max_steps,
                    resume=args.resume, invert=invert, show_progress=show)
     last = result.losses[-1] if result.losses else float("nan")
     summary = {"output_dir": str(result.output_dir), "step": result.progress.step, "epoch": result.progress.epoch,
@@ -60,6 +64,44 @@ def _train(args: argparse.Namespace) -> int:
         summary["first_loss"] = result.losses[0] if result.losses else float("nan")
     print(json.dumps(summary))
     return 0
+
+
+#: What a training run's folder holds (its crispedit marker names these), and an evaluation's.
+TRAIN_PATTERNS = ("config.yaml", "checkpoints/*", ".tmp-*", "*events.out.tfevents.*")
+EVAL_PATTERNS = ("samples.parquet", "summary.json", "images/*", ".llm-cache/*")
+
+
+def _claim_folder(folder: str | Path, kind: str, reads: list[str], *, overwrite: bool, resume: bool = False) -> bool:
+    """Claim an output folder (crispedit.core.outputs): refuse a user's folder or one the run reads; an earlier run
+    of the same kind is continued with ``resume`` or replaced, its own files only, with ``overwrite``."""
+    from crispedit.core.outputs import OutputRefused, claim, marker_for, remove_owned, write_marker
+
+    patterns = TRAIN_PATTERNS if kind == "train" else EVAL_PATTERNS
+    try:
+        target = claim(folder, kind, reads=reads, legacy=lambda where: _legacy(where, kind, patterns))
+        if target.previous is not None and not resume:
+            if not overwrite:
+                more = "--resume to continue it, or " if kind == "train" else ""
+                raise OutputRefused(f"{folder} holds an earlier crispedit {kind}; pass {more}--overwrite to replace it")
+            target.check_replace(True)
+            remove_owned(target.location, target.previous)
+        write_marker(target.url, marker_for(kind, patterns=patterns))
+    except (OutputRefused, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def _legacy(where, kind: str, patterns: tuple[str, ...]) -> dict | None:  # noqa: ANN001 - a crispedit.core.locations.Location
+    """A run written before markers existed: a training folder has config.yaml and checkpoints/, an evaluation summary.json and samples.parquet."""
+    from crispedit.core.outputs import marker_for
+
+    path = where.path
+    if path is None:
+        return None
+    found = (path / "config.yaml").is_file() and (path / "checkpoints").is_dir() if kind == "train" else (
+        (path / "summary.json").is_file() and (path / "samples.parquet").is_file())
+    return marker_for(kind, patterns=patterns) if found else None
 
 
 def _llm(args: argparse.Namespace):  # noqa: ANN202 - crispedit.models.llm.LLMSettings, imported lazily
@@ -106,6 +148,9 @@ def _edit(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .bench_formats import parse_columns
     from .evaluate import evaluate, print_summary
+
+    if not _claim_folder(args.out_dir, "eval", [args.checkpoint, args.benchmark], overwrite=args.overwrite):
+        return 2
 
     report = evaluate(args.checkpoint, args.benchmark, args.out_dir, fmt=args.format, columns=parse_columns(args.columns),
                       split=args.split, steps=args.steps, seed=args.seed, limit=args.limit, device=_device(args.device),
@@ -159,6 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="from_checkpoint", default=None, metavar="CKPT",
                    help="checkpoint, output dir or released EditMGT dir to invert a task on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir (its own files only)")
     _set_flag(p)
     p.set_defaults(func=_located(_train))
 
@@ -169,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--task", default=None, help="task category (models trained with task embeddings)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale; <= 1 turns it off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tau", type=float, default=None, help="region-hold threshold; 0 disables")
     p.add_argument("--keyword", action="append", default=None, help="instruction word(s) that locate the edit")
@@ -186,7 +232,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--columns", default=None, metavar="ROLE=COL,...",
                    help="map columns: source, target, instruction, task, input_caption, output_caption, id")
     p.add_argument("--split", default=None, help="only files whose name starts with this (e.g. test)")
-    p.add_argument("--out-dir", default="eval-out", help="writes samples.parquet and summary.json here")
+    p.add_argument("--out-dir", default="eval-out", help="writes samples.parquet and summary.json here (a new or empty folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out-dir")
     p.add_argument("--save-images", action="store_true", help="store each edited PNG in samples.parquet")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -151,6 +151,7 @@ class TrainConfig(_Strict):
 
 class SampleConfig(_Strict):
     steps: int = 36
+    # Classifier-free guidance l_u + s (l_c - l_u) for s > 1; s <= 1 samples the conditional branch alone (as upstream).
     guidance_scale: float = 6.0
     # Attention multiplier between the reference stream and the rest (1.1 upstream at inference).
     reference_strength: float = 1.1
@@ -164,7 +165,8 @@ class SampleConfig(_Strict):
     # "ratio_x1000": the mask ratio times 1000, as upstream training (train.timestep_mode ratio_x1000).
     # "step_index": upstream inference, the step index N-1..0; what their released weights were sampled with.
     timestep_mode: Literal["ratio", "ratio_x1000", "step_index"] = "ratio"
-    # Fraction of tokens still masked after step k of N: cosine cos(pi/2 (k+1)/N), or linear 1 - (k+1)/N.
+    # Fraction of tokens still masked after step k of N: cosine cos(pi/2 (k+1)/N), or linear 1 - (k+1)/N
+    # (in float32, as upstream's scheduler).
     masking_schedule: Literal["cosine", "linear"] = "cosine"
 
 

@@ -27,7 +27,6 @@ The API key is read from the environment variable the recipe NAMES; it is handed
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import hashlib
 import json
@@ -41,8 +40,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crispedit.core.backoff import backoff_delay, retry_after
+from crispedit.core.redact import scrub_text, scrub_url
 
 log = logging.getLogger("crispedit")
 
@@ -192,8 +195,11 @@ class _Runtime:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="crispedit-llm", daemon=True)
         self.thread.start()
-        # Retries are ours (so they are counted and honour our backoff), hence max_retries=0.
-        self.client = AsyncOpenAI(api_key=api_key, base_url=settings.base_url, timeout=settings.timeout, max_retries=0)
+        # Retries are ours (so they are counted and honour our backoff), hence max_retries=0. A query in
+        # the endpoint (``?api-version=...``, a token) is sent with every request, as the server expects.
+        base, _, query = settings.base_url.partition("?")
+        self.client = AsyncOpenAI(api_key=api_key, base_url=base, timeout=settings.timeout, max_retries=0,
+                                  default_query=dict(parse_qsl(query, keep_blank_values=True)) or None)
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         self.requests = _Bucket(settings.requests_per_minute) if settings.requests_per_minute else None
         self.tokens = _Bucket(settings.tokens_per_minute) if settings.tokens_per_minute else None
@@ -240,7 +246,7 @@ class LLMClient:
         s = self.settings
         payload = {
             "version": CACHE_VERSION,
-            "base_url": s.base_url.rstrip("/"),
+            "base_url": scrub_url(s.base_url.rstrip("/")),  # no credential, not even hashed
             "model": s.model,
             "messages": request.messages,
             "parameters": {
@@ -378,7 +384,7 @@ class LLMClient:
                     continue
                 if status in (401, 403, 404):
                     raise LLMConfigError(
-                        f"the server at {self.settings.base_url} answered {status} for model {self.settings.model!r}: "
+                        f"the server at {scrub_url(self.settings.base_url)} answered {status} for model {self.settings.model!r}: "
                         f"check llm.model and the key in ${self.settings.api_key_env}"
                     ) from None
                 message = self._describe(failure)
@@ -401,7 +407,8 @@ class LLMClient:
                 usage.tokens_in += response.usage.prompt_tokens or 0
                 usage.tokens_out += response.usage.completion_tokens or 0
             if FORMATS.index(fmt) > FORMATS.index(self.format):
-                log.warning("llm %s: %s refused response_format %s; using %s from now on", self.stage, self.settings.base_url, self.format, fmt)
+                log.warning("llm %s: %s refused response_format %s; using %s from now on", self.stage, scrub_url(self.settings.base_url),
+                            self.format, fmt)
                 self.format = fmt
             choice = response.choices[0] if response.choices else None
             if choice is None:
@@ -410,12 +417,11 @@ class LLMClient:
             return _Reply(content=message_.content, refusal=getattr(message_, "refusal", None), finish_reason=choice.finish_reason)
 
     def _backoff(self, attempt: int, failure: Exception) -> float:
-        """Seconds to wait: the server's Retry-After when it gives one, else exponential with jitter."""
-        after = _retry_after(failure)
+        """Seconds to wait: the server's Retry-After when it gives a readable one, else exponential with jitter."""
+        after = retry_after(getattr(getattr(failure, "response", None), "headers", None))
         if after is not None:
             return after + random.uniform(0, 0.1 * after)
-        ceiling = min(self.settings.backoff_max, self.settings.backoff_initial * 2**attempt)
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self.settings.backoff_initial, self.settings.backoff_max)
 
     def _describe(self, failure: Exception) -> str:
         status = getattr(failure, "status_code", None)
@@ -424,10 +430,11 @@ class LLMClient:
         return self._scrub(_clip(text)) or type(failure).__name__
 
     def _scrub(self, text: str | None) -> str | None:
-        """Belt and braces: no message this client emits ever contains the key's value."""
-        if text is None or self.settings.api_key_env is None:
+        """Belt and braces: no message this client emits ever contains the key's value, or a URL's credentials."""
+        if text is None:
             return text
-        key = os.environ.get(self.settings.api_key_env)
+        text = scrub_text(text)
+        key = os.environ.get(self.settings.api_key_env) if self.settings.api_key_env is not None else None
         return text.replace(key, "***") if key else text
 
     # -- cache ----------------------------------------------------------------------------
@@ -577,27 +584,6 @@ def _estimate_tokens(messages: list[dict[str, Any]]) -> int:
                 else:
                     images += 1
     return chars // 4 + 1000 * images + 8 * len(messages)
-
-
-def _retry_after(failure: Exception) -> float | None:
-    response = getattr(failure, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed is not None else None
 
 
 def _error_detail(failure: Exception) -> str:

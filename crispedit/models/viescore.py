@@ -26,6 +26,8 @@ from crispedit.core.presets import find_preset
 from crispedit.models.llm_stage import image_url
 
 INSTRUCTION_SLOT = "<instruction>"
+#: A prompt template is text: a file larger than this (or a device, a FIFO) is refused before it is read.
+TEMPLATE_MAX_BYTES = 1024**2
 SEMANTICS_PROMPT = "judge_semantics.txt"
 QUALITY_PROMPT = "judge_quality.txt"
 #: The judge's score columns: SC, PQ, O, then each sub-score.
@@ -64,8 +66,14 @@ class Prompts:
 
     @classmethod
     def load(cls, semantics: str = SEMANTICS_PROMPT, quality: str = QUALITY_PROMPT, folders: list[Path] | None = None) -> Prompts:
-        """Templates by path or name: in ``folders`` (a recipe's ``filters/``), else the bundled presets."""
-        read = [find_preset("prompts", name, folders or []).read_text(encoding="utf-8") for name in (semantics, quality)]
+        """Templates by path or name: in ``folders`` (a recipe's ``filters/``), else the bundled presets.
+
+        A template is text a recipe may point anywhere: one over TEMPLATE_MAX_BYTES (or a device, a FIFO)
+        is refused before it is read.
+        """
+        from crispedit.core.storage import read_input
+
+        read = [read_input(find_preset("prompts", name, folders or []), TEMPLATE_MAX_BYTES).decode("utf-8") for name in (semantics, quality)]
         return cls(*read)
 
 

@@ -150,7 +150,7 @@ def _chain_or_placeholder(name: str, reader: BuildReader) -> list[dict[str, Any]
 
 def _filter_chain(name: str, reader: BuildReader) -> list[dict[str, Any]] | None:
     """A filter chain's stages, looked up as ``crispedit build`` looks (beside the build for a local one)."""
-    import yaml
+    from crispedit.core.located import LocatedError, load_located
 
     folders = [Path.cwd() / "filters"]
     if reader.output.is_local:
@@ -160,7 +160,10 @@ def _filter_chain(name: str, reader: BuildReader) -> list[dict[str, Any]] | None
         file = find_preset("filters", name, folders, paths=False)
     except PresetNotFound:
         return None
-    chain = yaml.safe_load(file.read_text(encoding="utf-8"))
+    try:
+        chain = load_located(file).data  # bounded: a chain beside a build from elsewhere may be hostile
+    except LocatedError:
+        return None
     if isinstance(chain, dict) and isinstance(chain.get("stages"), list):
         return [dict(s) for s in chain["stages"] if isinstance(s, dict)]
     return None

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from crispedit.filters.phash import build_pairs, near_duplicates
-from crispedit.ops.histograms import write_histograms
-from crispedit.ops.rewrite import Verdict, rewrite_build
+from crispedit.ops.rewrite import Verdict, check_target, rewrite_build
 
 
 def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwrite: bool = False) -> dict[str, Any]:
@@ -24,6 +23,7 @@ def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwr
     writer and commit protocol as ``refilter``: images copied byte for byte, rows in build
     order, the same bytes on every run.
     """
+    check_target(src, dst, "dedupe")  # before hashing the whole build
     dropped = near_duplicates(build_pairs(src), max_distance)
 
     def verdict(row: dict[str, Any]) -> Verdict | None:
@@ -32,7 +32,7 @@ def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwr
         copy_of, distance = dropped[row["id"]]
         return Verdict("dedupe", f"duplicate: within {distance} bits of row {copy_of} (pHash of source and target)")
 
-    report = rewrite_build(src, dst, verdict, overwrite=overwrite, note={"dedupe": {"max_distance": max_distance, "dropped": len(dropped)}})
+    note = {"dedupe": {"max_distance": max_distance, "dropped": len(dropped)}}
+    report = rewrite_build(src, dst, verdict, overwrite=overwrite, note=note, kind="dedupe")
     report["dropped"] = len(dropped)
-    report["plots"] = sorted(str(p) for p in write_histograms(dst).values())
     return report

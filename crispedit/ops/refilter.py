@@ -34,20 +34,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from crispedit.core.located import LocatedError, load_located
 from crispedit.core.presets import find_preset
 from crispedit.core.reader import BuildReader
 from crispedit.core.stage import BuildContext, FilterStage
 from crispedit.ops.build_info import StageInfo, build_stages
-from crispedit.ops.histograms import write_histograms
-from crispedit.ops.rewrite import KEEP, RefilterError, Verdict, open_build, rewrite_build
+from crispedit.ops.rewrite import KEEP, RefilterError, Verdict, check_target, open_build, rewrite_build
 
 __all__ = ["RefilterError", "new_chain", "refilter"]
 
 
 def _read_chain_file(path: Path) -> list[dict[str, Any]]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = load_located(Path(path)).data
+    except LocatedError as error:
+        raise RefilterError("; ".join(str(p) for p in error.problems)) from None
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
         raise RefilterError(f"{path}: a filter chain is a mapping with a `stages:` list")
     return [dict(s) for s in data["stages"] if isinstance(s, dict)]
@@ -125,6 +126,7 @@ def _decide(chain: list[StageInfo], row: dict[str, Any], columns: list[str]) -> 
 def refilter(src: str | Path, filters: str | Path, dst: str | Path, overwrite: bool = False, plots: bool = True) -> dict[str, Any]:
     """Write ``dst``: ``src`` decided again with the filter parameters of ``filters`` (see the module docstring)."""
     reader = open_build(src)
+    check_target(src, dst, "refilter")
     pipeline = build_stages(reader)
     chain = new_chain(pipeline, find_preset("filters", filters), reader)
     names = [ref.name for ref in pipeline]
@@ -168,11 +170,8 @@ def refilter(src: str | Path, filters: str | Path, dst: str | Path, overwrite: b
 
     recipe = _effective_recipe(reader.recipe, pipeline, chain)
     note = {"refilter": str(Path(filters)), "chain": [{"name": f.name, "kind": f.kind, "params": f.params} for f in chain]}
-    report = rewrite_build(src, dst, verdict, restats=restats, recipe=recipe, overwrite=overwrite, note=note,
-                           stages=_effective_stages(pipeline, chain))
-    if plots:
-        report["plots"] = sorted(str(p) for p in write_histograms(dst).values())
-    return report
+    return rewrite_build(src, dst, verdict, restats=restats, recipe=recipe, overwrite=overwrite, note=note,
+                         stages=_effective_stages(pipeline, chain), plots=plots)
 
 
 def _effective_recipe(recipe: dict[str, Any], pipeline: list[StageInfo], chain: list[StageInfo]) -> dict[str, Any]:

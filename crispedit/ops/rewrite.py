@@ -20,17 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from crispedit.core.outputs import OutputRefused, claim, marker_for, replace_folder
 from crispedit.core.reader import BuildReader
-from crispedit.core.shards import (
-    COMMITS_DIR,
-    DATA_DIR,
-    ORDER_COLUMN,
-    PARTS_DIR,
-    REJECTS_DIR,
-    ShardRange,
-    ShardStore,
-    read_markers,
-)
+from crispedit.core.redact import scrub_data, scrub_text
+from crispedit.core.shards import BUILD_PATTERNS, ORDER_COLUMN, ShardRange, ShardStore, legacy_marker, read_markers
 from crispedit.core.stats import StageStats, summarize
 from crispedit.core.storage import Output
 
@@ -57,6 +50,8 @@ def open_build(location: str | Path) -> BuildReader:
     reader = BuildReader(location)
     if not reader.manifest:
         raise RefilterError(f"{reader.output.url} is not a crispedit output (no manifest.json)")
+    if reader.problems:  # bounded reading refused a file of it (a recipe.yaml bomb, say)
+        raise RefilterError(reader.problems[0])
     return reader
 
 
@@ -87,8 +82,14 @@ def rewrite_build(
     overwrite: bool = False,
     note: dict[str, Any] | None = None,
     stages: list[dict[str, Any]] | None = None,
+    kind: str = "refilter",
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``dst`` from ``src``'s committed shards with each row's status set by ``verdict``.
+
+    ``dst`` is claimed as a crispedit output of ``kind`` (:mod:`crispedit.core.outputs`): a new or
+    empty folder, or an earlier ``kind`` output that this replaces when ``overwrite`` is set or
+    the request is the same; the new dataset is written beside it and swapped in.
 
     ``verdict(row)`` sees a row without its image columns (scores, provenance, id, stage and
     reason; ``has_images``) and returns None to leave it as it is, or its new status.
@@ -96,55 +97,69 @@ def rewrite_build(
     ``stages`` replaces ``manifest["stages"]`` when the rows were decided by other stages.
     """
     reader = open_build(src)
-    target = Output(dst)
-    if target.url.rstrip("/") == reader.output.url.rstrip("/"):
-        raise RefilterError("--to must be a new location, not the build itself")
     manifest = {**reader.manifest, "derived_from": {"from": reader.output.url, **(note or {})}}
     if stages is not None:  # what the new dataset's rows were decided by
         manifest["stages"] = stages
-    _prepare(target, manifest, overwrite)
-    store = ShardStore(dst, reader.score_columns)
+    try:
+        target = claim(dst, kind, reads=[reader.output.location], legacy=legacy_marker)
+        target.check_replace(overwrite, same=target.previous is not None and _manifest(target.url) == scrub_data(manifest))
+    except OutputRefused as error:
+        raise RefilterError(str(error)) from None
     changed = Counter[str]()
-    for shard in reader.shards():
-        table, rows = _combined(reader, shard, store)
-        stages: list[str | None] = []
-        reasons: list[str | None] = []
-        decided: list[tuple[dict[str, Any], Verdict]] = []
-        for row in rows:
-            new = verdict(row)
-            status = new if new is not None else Verdict(row["stage"], row["reason"])
-            if (status.reason is None) != (row["reason"] is None):
-                changed["restored" if status.reason is None else "dropped"] += 1
-            stages.append(status.stage if status.reason is not None else None)
-            reasons.append(status.reason)
-            decided.append((row, status))
-        table = table.set_column(table.schema.get_field_index("stage"), "stage", pa.array(stages, pa.string()))
-        table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
-        old = [dict(s) for s in reader.marker(shard).get("stages", [])]
-        entries = restats(old, decided) if restats is not None else old
-        store.commit(shard, [table], {e["name"]: _stats(e) for e in entries})
-    summary = _summary(reader, target, note)
-    target.write_text("summary.json", json.dumps(summary, indent=1))
-    target.write_text("recipe.yaml", yaml.safe_dump(recipe if recipe is not None else reader.recipe, sort_keys=False))
-    return {"out": target.url, "rows": summary["rows"], "rejects": summary["rejects"], "shards": summary["shards"],
-            "restored": changed["restored"], "dropped": changed["dropped"]}
+    with replace_folder(target, marker_for(kind, patterns=BUILD_PATTERNS)) as where:
+        out = Output(where)
+        out.write_text("manifest.json", json.dumps(scrub_data(manifest), indent=1))
+        store = ShardStore(where, reader.score_columns)
+        for shard in reader.shards():
+            table, rows = _combined(reader, shard, store)
+            row_stages: list[str | None] = []
+            reasons: list[str | None] = []
+            decided: list[tuple[dict[str, Any], Verdict]] = []
+            for row in rows:
+                new = verdict(row)
+                status = new if new is not None else Verdict(row["stage"], row["reason"])
+                if (status.reason is None) != (row["reason"] is None):
+                    changed["restored" if status.reason is None else "dropped"] += 1
+                row_stages.append(status.stage if status.reason is not None else None)
+                reasons.append(status.reason)
+                decided.append((row, status))
+            table = table.set_column(table.schema.get_field_index("stage"), "stage", pa.array(row_stages, pa.string()))
+            table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+            old = [dict(s) for s in reader.marker(shard).get("stages", [])]
+            entries = restats(old, decided) if restats is not None else old
+            store.commit(shard, [table], {e["name"]: _stats(e) for e in entries})
+        summary = _summary(reader, out, note)
+        out.write_text("summary.json", scrub_text(json.dumps(summary, indent=1)))
+        out.write_text("recipe.yaml", scrub_text(yaml.safe_dump(recipe if recipe is not None else reader.recipe, sort_keys=False)))
+        drawn: list[str] = []
+        if plots and out.is_local:
+            from crispedit.ops.histograms import write_histograms
+
+            drawn = [Path(p).relative_to(where).as_posix() for p in write_histograms(where).values()]
+    report = {"out": target.url, "rows": summary["rows"], "rejects": summary["rejects"], "shards": summary["shards"],
+              "restored": changed["restored"], "dropped": changed["dropped"]}
+    if plots:
+        report["plots"] = sorted(f"{target.url}/{name}" for name in drawn)
+    return report
+
+
+def check_target(src: str | Path, dst: str | Path, kind: str) -> None:
+    """Refuse at once a ``--to`` that no replace could take (a user's folder, the build, a file); see rewrite_build."""
+    try:
+        claim(dst, kind, reads=[Output(src).location], legacy=legacy_marker)
+    except OutputRefused as error:
+        raise RefilterError(str(error)) from None
+
+
+def _manifest(url: str) -> Any:
+    try:
+        return json.loads(Output(url).read_bytes("manifest.json"))
+    except (OSError, ValueError):
+        return None
 
 
 def _stats(entry: dict[str, Any]) -> StageStats:
     return StageStats.from_dict(entry)
-
-
-def _prepare(target: Output, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix two datasets in one place; a rerun of the same request rewrites it in place."""
-    if target.exists("manifest.json"):
-        old = json.loads(target.read_bytes("manifest.json"))
-        if old != manifest and not overwrite:
-            raise RefilterError(f"{target.url} holds another dataset; choose another --to, or pass --overwrite")
-    for folder in (DATA_DIR, REJECTS_DIR, COMMITS_DIR, PARTS_DIR):
-        path = target.full_path(folder)
-        if target.fs.exists(path):
-            target.fs.rm(path, recursive=True)
-    target.write_text("manifest.json", json.dumps(manifest, indent=1))
 
 
 def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tuple[pa.Table, list[dict[str, Any]]]:

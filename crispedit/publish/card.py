@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow.parquet as pq
 
@@ -239,14 +240,45 @@ def _tasks(build: BuildInfo) -> list[str]:
     return sorted({t for t in table.column("task").to_pylist() if t})
 
 
-def _md(text: Any) -> str:
-    """Table-cell safe text."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+#: What HTML would read as markup; the rest of ASCII punctuation is backslash-escaped (CommonMark allows it for all).
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
+def _text(value: Any) -> str:
+    """Untrusted text (an instruction, a reason, a recipe's description) as Markdown that renders as exactly that text.
+
+    Every ASCII punctuation character is escaped (``&<>"`` as HTML entities, the others with a
+    backslash), so no tag, image, link, autolink, emphasis or table cell border can form;
+    line breaks become spaces (one table cell, one heading).
+    """
+    out = []
+    for char in " ".join(str(value).split()):
+        if char in _ENTITIES:
+            out.append(_ENTITIES[char])
+        elif char.isascii() and not char.isalnum() and not char.isspace():
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _code(value: Any) -> str:
+    """Untrusted text as an inline code span: rendered literally, whatever it holds (a renderer escapes HTML in code)."""
+    text = " ".join(str(value).split()).replace("|", "\\|")  # GFM splits table cells on pipes even inside code
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _link_target(path: str) -> str:
+    """A relative path as a link destination that cannot end early or carry a scheme."""
+    return quote(path, safe="/-_.")
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    """A GFM table of cells already rendered as Markdown (escape untrusted values with :func:`_text` or :func:`_code`)."""
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(c).replace("\n", " ") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -261,16 +293,16 @@ def _columns_section(configs: list[ConfigFiles], build: BuildInfo) -> str:
         features = Features.from_arrow_schema(pq.read_schema(config.files[0]))
         rows = []
         for name, feature in features.items():
-            meaning = COLUMN_DOCS.get(name)
+            meaning = COLUMN_DOCS.get(name)  # our own Markdown
             if meaning is None and name in build.score_columns:
                 bounds = build.thresholds.get(name)
                 kept = ""
                 if bounds:
-                    kept = "; kept when " + " and ".join(
+                    kept = "; kept when " + _code(" and ".join(
                         f"{name} {op} {v:g}" for op, v in ((">=", bounds[0]), ("<=", bounds[1])) if v is not None
-                    )
-                meaning = f"score computed by stage `{owner.get(name, '?')}`{kept}"
-            rows.append([f"`{name}`", _feature_text(feature), meaning or ""])
+                    ))
+                meaning = f"score computed by stage {_code(owner.get(name, '?'))}{kept}"
+            rows.append([_code(name), _text(_feature_text(feature)), meaning or ""])
         title = "Pairs (`default`)" if config.name == "default" else f"`{config.name}`"
         parts.append(f"### {title}\n\n" + _table(["column", "type", "meaning"], rows))
     return "\n\n".join(parts)
@@ -278,13 +310,15 @@ def _columns_section(configs: list[ConfigFiles], build: BuildInfo) -> str:
 
 def _pipeline_section(build: BuildInfo) -> str:
     source = build.recipe.get("source") or {}
-    rows = [["source", source.get("kind", "?"), json.dumps({k: v for k, v in source.items() if k != "kind"}, default=str), "", ""]]
+    params = {k: v for k, v in source.items() if k != "kind"}
+    rows = [["source", _text(source.get("kind", "?")), _code(json.dumps(params, default=str)), "", ""]]
     for stage in build.stages:
         thresholds = "; ".join(
             f"{c} in [{'' if lo is None else f'{lo:g}'}, {'' if hi is None else f'{hi:g}'}]" for c, (lo, hi) in stage.thresholds.items()
         )
-        models = ", ".join(f"{role}: `{mid}`" for role, mid in stage.models.items())
-        rows.append([stage.name, stage.kind, json.dumps(stage.params, default=str, sort_keys=True), models, thresholds])
+        models = ", ".join(f"{_text(role)}: {_code(mid)}" for role, mid in stage.models.items())
+        rows.append([_text(stage.name), _text(stage.kind), _code(json.dumps(stage.params, default=str, sort_keys=True)), models,
+                     _code(thresholds) if thresholds else ""])
     return _table(["stage", "kind", "parameters", "models (id@revision)", "thresholds (kept range)"], rows)
 
 
@@ -298,11 +332,12 @@ def _counts_section(build: BuildInfo) -> str:
         rejected = stats.get("rejected") or {}
         drops = ", ".join(f"{reason}: {n}" for reason, n in rejected.items())
         usage = stats.get("usage") or {}
-        rows.append([name, stats.get("seen"), stats.get("passed"), sum(rejected.values()), drops, stats.get("seconds"),
-                     *[usage.get(k, "") for k in usage_keys]])
+        cells = [name, stats.get("seen"), stats.get("passed"), sum(rejected.values()), drops, stats.get("seconds"),
+                 *[usage.get(k, "") for k in usage_keys]]
+        rows.append([_text(c) for c in cells])
     if not rows:
         return "No per-stage counts were recorded."
-    return _table(["stage", "seen", "passed", "rejected", "drops by reason", "seconds", *usage_keys], rows)
+    return _table(["stage", "seen", "passed", "rejected", "drops by reason", "seconds", *(_text(k) for k in usage_keys)], rows)
 
 
 def _examples_section(build: BuildInfo, assets: Path, count: int, seed: int) -> str:
@@ -314,9 +349,9 @@ def _examples_section(build: BuildInfo, assets: Path, count: int, seed: int) -> 
     rows = []
     for record in read_sample(build.data_files(), positions, index):
         images = row_thumbnails(record, folder, "", assets.parent)
-        cells = [f"![source]({images['source']})" if "source" in images else "",
-                 f"![target]({images['target']})" if "target" in images else ""]
-        rows.append([*cells, record.get("instruction") or "", record.get("task") or ""])
+        cells = [f"![source]({_link_target(images['source'])})" if "source" in images else "",
+                 f"![target]({_link_target(images['target'])})" if "target" in images else ""]
+        rows.append([*cells, _text(record.get("instruction") or ""), _text(record.get("task") or "")])
     return _table(["source", "target", "instruction", "task"], rows)
 
 
@@ -336,6 +371,7 @@ def render_card(
     assets = tree / ASSETS_DIR
     data = card_data(build, configs)
     name = repo_id or build.name
+    literal = json.dumps(" ".join(str(name).split())).replace("`", "\\u0060")  # a Python string; cannot end the code block
     rejects_config = next((c for c in configs if c.name == "rejects" and c.files), None)
     kept = read_columns(build.data_files(), [*build.score_columns, "task"])
     rejected = read_columns(build.rejects_files(), [*build.score_columns, "task"]) if rejects_config else None
@@ -344,19 +380,19 @@ def render_card(
     licenses = model_licenses(models, lookup_licenses)
     methods = cited_methods(build)
 
-    sections = [f"# {build.name}\n"]
+    sections = [f"# {_text(build.name)}\n"]
     description = str(build.recipe.get("description") or "").strip()
-    if description:
-        sections.append(description + "\n")
+    if description:  # the recipe's words, as text: paragraphs kept, no markup of theirs
+        sections.append("\n\n".join(_text(part) for part in re.split(r"\n\s*\n", description) if part.strip()) + "\n")
     status = "" if build.complete else (
         f"\n> **Partial build**: {len(build.shards)} of {build.shards_total} shards were committed when this was published.\n"
     )
     sections.append(
         f"An instruction-based image-editing dataset of (source image, instruction, target image) pairs: "
         f"**{build.rows:,} pairs** kept (refused candidates: {build.rejects:,}), built by "
-        f"crispedit {build.summary.get('crispedit_version', __version__)} from the recipe "
-        f"`{build.name}` (fingerprint `{build.summary.get('fingerprint') or build.manifest.get('fingerprint', '?')}`, "
-        f"seed {build.recipe.get('seed', 0)}). The recipe is `recipe.yaml` in this repository; the counts are in `summary.json`.\n"
+        f"crispedit {_text(build.summary.get('crispedit_version', __version__))} from the recipe "
+        f"{_code(build.name)} (fingerprint {_code(build.summary.get('fingerprint') or build.manifest.get('fingerprint', '?'))}, "
+        f"seed {_text(build.recipe.get('seed', 0))}). The recipe is `recipe.yaml` in this repository; the counts are in `summary.json`.\n"
         + status
     )
     load = [
@@ -364,10 +400,10 @@ def render_card(
         "```python",
         "from datasets import load_dataset",
         "",
-        f'pairs = load_dataset("{name}", split="train")  # images decode to PIL.Image',
+        f'pairs = load_dataset({literal}, split="train")  # images decode to PIL.Image',
     ]
     if rejects_config:
-        load.append(f'rejects = load_dataset("{name}", "rejects", split="train")  # what the filters refused, and why')
+        load.append(f'rejects = load_dataset({literal}, "rejects", split="train")  # what the filters refused, and why')
     load += ["```", "", "Stream it with `streaming=True`; each file is Parquet with row groups of at most ~100 MB and a page index."]
     sections.append("\n".join(load) + "\n")
     sections.append("## Example pairs\n\n" + _examples_section(build, assets, examples, seed) + "\n")
@@ -379,15 +415,15 @@ def render_card(
     sections.append("## Counts\n\nPer stage: items seen, passed and refused, refusals by reason, and time.\n\n" + _counts_section(build) + "\n")
     if plots:
         lines = ["## Score distributions\n", "Kept pairs per task (lines), refused ones (grey) and the thresholds (dashed).\n"]
-        lines += [f"![{c}]({p.relative_to(tree).as_posix()})" for c, p in plots.items()]
+        lines += [f"![{_text(c)}]({_link_target(p.relative_to(tree).as_posix())})" for c, p in plots.items()]
         sections.append("\n".join(lines) + "\n")
     if licenses:
-        rows = [[f"`{m}`", lic] for m, lic in licenses.items()]
+        rows = [[_code(m), _text(lic)] for m, lic in licenses.items()]
         sections.append("## Models and their licences\n\nThe outputs of these models are in the data; their licences may bind its use.\n\n"
                         + _table(["model", "licence"], rows) + "\n")
     sections.append(
         "## License\n\n"
-        + (f"`{recipe_license(build)}`, as the recipe declares." if recipe_license(build) != "other"
+        + (f"{_code(recipe_license(build))}, as the recipe declares." if recipe_license(build) != "other"
            else "The recipe declares no licence (`license: other`). Check the source images' and the models' terms before use.")
         + "\n"
     )

@@ -29,7 +29,6 @@ tree no longer has are deleted in the last commit, so a re-publish never mixes b
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
@@ -41,15 +40,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from crispedit.core.backoff import backoff_delay, retry_after
 from crispedit.core.hub_parquet import hub_shape_problems, max_row_group_bytes, write_hub_parquet
+from crispedit.core.outputs import MARKER, Claim, OutputRefused, claim, list_files, marker_for, owns, replace_folder, write_marker
 from crispedit.core.reader import Shard
+from crispedit.core.redact import scrub_text
 from crispedit.ops.build_info import BuildInfo, read_build
 from crispedit.publish.card import ASSETS_DIR, ConfigFiles, render_card
 
@@ -119,19 +120,31 @@ def plan_tree(
     shutil.rmtree(stage_dir / ASSETS_DIR, ignore_errors=True)
     readme = stage_dir / "README.md"
     readme.write_text(
-        render_card(build, configs, stage_dir, repo_id=repo_id, examples=examples, seed=seed, lookup_licenses=lookup_licenses),
+        scrub_text(render_card(build, configs, stage_dir, repo_id=repo_id, examples=examples, seed=seed, lookup_licenses=lookup_licenses)),
         encoding="utf-8",
     )
     assets = sorted(p for p in (stage_dir / ASSETS_DIR).rglob("*") if p.is_file())
     tree = [*data, *reject_files]
     tree += [TreeFile(p.relative_to(stage_dir).as_posix(), p) for p in assets]
-    tree += [TreeFile(name, build.out_dir / name) for name in BUILD_FILES if (build.out_dir / name).is_file()]
+    tree += [TreeFile(name, _scrubbed_copy(build.out_dir / name, stage_dir)) for name in BUILD_FILES if (build.out_dir / name).is_file()]
     tree.append(TreeFile("README.md", readme))
     folders = Counter(f.path.rsplit("/", 1)[0] if "/" in f.path else "" for f in tree)
     crowded = [f"{folder or '.'} ({n})" for folder, n in folders.items() if n > MAX_FILES_PER_FOLDER]
     if crowded:
         raise PublishError(f"more than {MAX_FILES_PER_FOLDER} files in {', '.join(crowded)}; raise --file-bytes to merge shards")
     return tree
+
+
+def _scrubbed_copy(path: Path, staging: Path) -> Path:
+    """A build's text file as it may leave the machine: credentials scrubbed (a build by an older crispedit may hold some)."""
+    text = path.read_text(encoding="utf-8")
+    clean = scrub_text(text)
+    if clean == text:
+        return path
+    copy = staging / path.name
+    if not copy.is_file() or copy.read_text(encoding="utf-8") != clean:
+        copy.write_text(clean, encoding="utf-8")
+    return copy
 
 
 def _staging_dir(build: BuildInfo) -> Path:
@@ -197,23 +210,38 @@ def _pack(shards: list[Shard], kind: str, staging: Path, repack: Repack, file_by
 # --- local and fsspec targets ---------------------------------------------------------------
 
 
-def write_tree(tree: list[TreeFile], folder: str | Path) -> Path:
-    """``--dry-run``: the exact repository tree in a local folder (which must be new or empty)."""
-    target = Path(folder)
-    if target.exists() and any(target.iterdir()):
-        raise PublishError(f"{target} is not empty; a dry run writes a fresh tree")
-    for item in tree:
-        destination = target / item.path
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(item.local, destination)
-    return target
+def write_tree(tree: list[TreeFile], folder: str | Path, *, build: str | Path | None = None, overwrite: bool = False) -> Path:
+    """``--dry-run``: the exact repository tree in a local folder, plus crispedit's marker (never uploaded).
+
+    The folder is claimed as a crispedit ``publish`` output (:mod:`crispedit.core.outputs`): new,
+    empty, or an earlier tree replaced with ``overwrite``; never the build (``build``) or a
+    folder in or around it. The tree is written beside it and swapped in. Raises PublishError.
+    """
+    target = claim_tree_target(folder, build, overwrite, dry_run=True)
+    with replace_folder(target, marker_for("publish", build=_identity(build))) as where:
+        for item in tree:
+            destination = Path(where) / item.path
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.local, destination)
+    assert target.location.path is not None
+    return target.location.path
 
 
-def copy_tree(tree: list[TreeFile], url: str, storage_options: dict[str, Any] | None = None) -> dict[str, list[str]]:
-    """``--to URL``: the same tree on any fsspec filesystem; shards already there with the same size are kept."""
+def copy_tree(tree: list[TreeFile], url: str, storage_options: dict[str, Any] | None = None, *,
+              build: str | Path | None = None, overwrite: bool = False) -> dict[str, list[str]]:
+    """``--to URL``: the same tree on any fsspec filesystem; shards already there with the same size are kept.
+
+    The target is claimed as a crispedit ``publish`` output (:mod:`crispedit.core.outputs`): new,
+    empty, or an earlier tree; a tree of another build (or of none) is replaced only with
+    ``overwrite``. Files of the earlier tree that this one lacks are deleted, and only those:
+    the marker, written last, names the files a tree owns. Raises PublishError.
+    """
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    identity = _identity(build)
+    target = claim_tree_target(url, build, overwrite, dry_run=False)
+    previous = target.previous
+    fs, root = fsspec.core.url_to_fs(target.url, **(storage_options or {}))
     root = root.rstrip("/")
     copied, kept = [], []
     for item in sorted(tree, key=_upload_order):
@@ -225,16 +253,42 @@ def copy_tree(tree: list[TreeFile], url: str, storage_options: dict[str, Any] | 
         fs.makedirs(parent, exist_ok=True)
         fs.put_file(str(item.local), remote)
         copied.append(item.path)
-    wanted = {f"{root}/{item.path}" for item in tree}
+    wanted = {item.path for item in tree}
     deleted = []
-    for prefix in MANAGED_PREFIXES:
-        base = f"{root}/{prefix.rstrip('/')}"
-        if fs.exists(base):
-            for path in fs.find(base):
-                if path.rstrip("/") not in wanted:
-                    fs.rm_file(path)
-                    deleted.append(path)
+    for name in list_files(target.location) if previous is not None else []:
+        if name not in wanted and name != MARKER and owns(previous, name):
+            fs.rm_file(f"{root}/{name}")
+            deleted.append(f"{root}/{name}")
+    write_marker(target.location, marker_for("publish", files=sorted(wanted), build=identity))
     return {"copied": copied, "kept": kept, "deleted": deleted}
+
+
+def claim_tree_target(target: str | Path, build: str | Path | None, overwrite: bool, *, dry_run: bool) -> Claim:
+    """Check a ``--dry-run`` folder or a ``--to`` URL before anything is planned or written (see write_tree, copy_tree).
+
+    A dry run replaces an earlier tree only with ``overwrite``; ``--to`` also syncs an earlier
+    tree of the same build. Raises PublishError.
+    """
+    try:
+        where = claim(target, "publish", reads=[build] if build is not None else [])
+        if dry_run and not where.location.is_local:
+            raise OutputRefused(f"{target}: --dry-run writes a local folder; use --to for a URL")
+        identity = _identity(build)
+        same = not dry_run and where.previous is not None and identity is not None and where.previous.get("build") == identity
+        where.check_replace(overwrite, same=same)
+    except OutputRefused as error:
+        raise PublishError(str(error)) from None
+    return where
+
+
+def _identity(build: str | Path | None) -> str | None:
+    """Which build a tree comes from (its fingerprint), so a re-publish of it is a sync, not a replacement."""
+    if build is None:
+        return None
+    try:
+        return str(json.loads((Path(build) / "manifest.json").read_text(encoding="utf-8")).get("fingerprint")) or None
+    except (OSError, ValueError):
+        return None
 
 
 def _upload_order(item: TreeFile) -> tuple[int, str]:
@@ -273,24 +327,6 @@ class UploadReport:
     waits: list[float] = field(default_factory=list)
 
 
-def retry_after(headers: Any) -> float | None:
-    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 def _status(error: BaseException) -> int | None:
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None)
@@ -308,9 +344,9 @@ def _polite(call: Callable[[], T], policy: RetryPolicy, report: UploadReport, wh
             status = _status(error)
             if status not in (429, 500, 502, 503, 504) or attempt >= policy.max_retries:
                 raise
-            wait = retry_after(error.response.headers) if status == 429 else None
+            wait = retry_after(getattr(error.response, "headers", None)) if status == 429 else None
             if wait is None:
-                wait = min(policy.max_wait, policy.base_wait * 2**attempt) * (0.5 + random.random() / 2)
+                wait = backoff_delay(attempt, policy.base_wait, policy.max_wait)
             if status == 429:
                 report.rate_limited += 1
             report.waits.append(wait)
@@ -356,8 +392,14 @@ def upload_tree(
     batch_files: int = 50,
     policy: RetryPolicy | None = None,
     message: str = "Upload dataset with crispedit",
+    overwrite: bool = False,
 ) -> UploadReport:
-    """Put the tree in a Hub dataset repository, committing only what is missing or different."""
+    """Put the tree in a Hub dataset repository, committing only what is missing or different.
+
+    Files under data/, rejects/ and assets/ that the tree lacks are deleted, but only from a
+    repository crispedit published (its root holds the tree's manifest.json and summary.json);
+    in another one that would delete someone's files, so it is refused unless ``overwrite``.
+    """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
@@ -379,6 +421,10 @@ def upload_tree(
             report.already_there = sorted(wanted - {item.path for item in todo})
             first = False
         stale = sorted(p for p in remote if p.startswith(MANAGED_PREFIXES) and p not in wanted)
+        if stale and not overwrite and not {"manifest.json", "summary.json"} <= set(remote):
+            shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+            raise PublishError(f"{repo_id} holds files crispedit did not publish ({shown}); publish to another repository, "
+                               "or pass --overwrite to replace them")
         if not todo and not stale:
             return report
         batches = [todo[i : i + batch_files] for i in range(0, len(todo), batch_files)] or [[]]

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import webbrowser
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,7 +24,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from crispedit.core.locations import Location, resolve_location
+from crispedit.core.outputs import claim, marker_for, replace_folder
 from crispedit.core.reader import read_columns, read_rows
+from crispedit.core.redact import scrub_data
 from crispedit.ops.build_info import BuildInfo, read_build
 from crispedit.ops.plots import score_histograms
 
@@ -230,13 +232,42 @@ def write_preview(
     rejects_per_group: int = 6,
     seed: int = 0,
     folder: str | Path | None = None,
+    overwrite: bool = False,
 ) -> PreviewResult:
-    """Write the preview pages for a build into ``folder`` (default OUT/preview/), replacing old ones."""
+    """Write the preview pages for a build into ``folder`` (default OUT/preview/).
+
+    The folder is claimed as a crispedit ``preview`` (:mod:`crispedit.core.outputs`): it must be new,
+    empty or an earlier preview, and may not be, hold or lie inside the build (OUT/preview/ aside).
+    The build's own OUT/preview/ is replaced on every run; another earlier preview only with
+    ``overwrite``. The pages are written beside the folder and swapped in. Raises OutputRefused.
+    """
     build = read_build(out_dir)
-    target = Path(folder) if folder is not None else build.out_dir / PREVIEW_DIR
-    if target.exists():
-        shutil.rmtree(target)
-    (target / "img").mkdir(parents=True)
+    default = build.out_dir / PREVIEW_DIR
+    chosen = claim(folder if folder is not None else default, "preview", reads=[build.out_dir], allow_inside=[default],
+                   legacy=_legacy_preview)
+    chosen.check_replace(overwrite or chosen.location.same(resolve_location(default)))
+    with replace_folder(chosen, marker_for("preview")) as where:
+        result = _write_pages(build, Path(where), pairs, rejects_per_group, seed)
+    assert chosen.location.path is not None
+    return PreviewResult(chosen.location.path, result.pairs, result.reject_examples, result.files, result.bytes)
+
+
+def _legacy_preview(where: Location) -> dict[str, Any] | None:
+    """A preview written before markers existed: its data.js says so; it owns the files a preview writes."""
+    if where.path is None:
+        return None
+    try:
+        with open(where.path / "data.js", "rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return None
+    if not head.startswith(b"window.CRISPEDIT_PREVIEW"):
+        return None
+    return marker_for("preview", files=[*PAGES, "data.js", "app.js", "style.css"], patterns=["img/*", "plots/*"])
+
+
+def _write_pages(build: BuildInfo, target: Path, pairs: int, rejects_per_group: int, seed: int) -> PreviewResult:
+    (target / "img").mkdir(parents=True, exist_ok=True)
     score_columns = build.score_columns
 
     data_paths = build.data_files()
@@ -279,7 +310,7 @@ def write_preview(
                       "thresholds": {c: list(b) for c, b in s.thresholds.items()}} for s in build.stages],
         "plots": [{"column": c, "file": p.relative_to(target).as_posix()} for c, p in plots.items()],
     }
-    script = "window.CRISPEDIT_PREVIEW = " + json.dumps(page_data, default=str, allow_nan=False).replace("</", "<\\/") + ";\n"
+    script = "window.CRISPEDIT_PREVIEW = " + json.dumps(scrub_data(page_data), default=str, allow_nan=False).replace("</", "<\\/") + ";\n"
     (target / "data.js").write_text(script, encoding="utf-8")
     _copy_static(target, build.name)
     files = [p for p in target.rglob("*") if p.is_file()]

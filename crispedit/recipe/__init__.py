@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from crispedit.core.limits import MAX_SHARD_SIZE
 from crispedit.core.located import (
     KeyPath,
     LocatedYaml,
@@ -23,7 +24,8 @@ from crispedit.core.located import (
     load_located,
     validation_problems,
 )
-from crispedit.core.paths import UnsafePathError, contained
+from crispedit.core.locations import Location, resolve_location
+from crispedit.core.paths import UnsafePathError
 from crispedit.core.presets import BUNDLED, PresetNotFound, find_preset
 from crispedit.core.sample import digest
 from crispedit.core.storage import is_url
@@ -37,10 +39,16 @@ class Strict(BaseModel):
 class OutputSpec(Strict):
     """Where and how shards are written."""
 
-    root: Path = Field(Path("."), description="`dir` must resolve inside it; a recipe cannot write elsewhere")
-    dir: str = Field(description="the output directory, relative to `root`, or an object-store URL (s3://bucket/prefix, gs://...); `--out` replaces it")
+    root: str | None = Field(
+        None, description="a folder inside the output root (`CRISPEDIT_OUTPUT_ROOT`, default the working directory) that `dir` must stay "
+        "in; it can narrow the root, never widen it",
+    )
+    dir: str = Field(
+        description="the output directory, relative to the output root; it must resolve inside it by every spelling "
+        "(`..`, absolute paths, symlinks, `file://`, `local://` out are refused). `--out` replaces it",
+    )
     shared: bool = Field(False, description="the local `dir` is on storage every node of a Ray cluster mounts (NFS, Lustre): allow it on a multi-node cluster")
-    shard_size: PositiveInt = Field(256, description="source items per shard; shard names come from their item range")
+    shard_size: int = Field(256, ge=1, le=MAX_SHARD_SIZE, description="source items per shard; shard names come from their item range")
     image_format: Literal["png", "webp", "jpeg"] = Field("png", description="encoding of images in the shards (masks stay PNG)")
     quality: int = Field(95, ge=1, le=100, description="JPEG quality; WebP is lossless at 100, lossy below")
     png_compression: int = Field(3, ge=0, le=9, description="zlib level for PNG (3 is about as small as 9 on photos, and faster)")
@@ -118,6 +126,8 @@ class BuildPlan(BaseModel):
     fingerprint: str
     #: Where LLM answers and other per-request caches live; shared by ``--until`` previews.
     cache_root: Path | None = None
+    #: ``--until``: the full build's output, which holds this one under until/STAGE.
+    parent_output: str | None = None
 
     @property
     def cache_dir(self) -> Path:
@@ -136,10 +146,10 @@ def load_plan(
     out: str | os.PathLike[str] | None = None,
 ) -> BuildPlan:
     """Read, validate and resolve a recipe. Raises RecipeError naming every problem."""
+    recipe_path = Path(path)
+    doc = load_located(recipe_path)  # before the stage kinds are imported: a hostile file is refused at once
     from crispedit.recipe.catalog import SOURCES, STAGES  # registers every built-in kind
 
-    recipe_path = Path(path)
-    doc = load_located(recipe_path)
     if not isinstance(doc.data, dict):
         raise RecipeError([doc.problem((), "a recipe is a mapping with name, output, source and stages")])
     data = tiny_swap(doc.data) if tiny else doc.data
@@ -185,18 +195,11 @@ def load_plan(
                 doc.problem(("execution", "stages", key), f"no stage is named {key!r} (stages: {', '.join(names)})")
             )
 
-    # A recipe may come from anyone, so its output.dir must stay inside output.root; a
-    # directory typed on the command line (``out``) is the user's own choice and is taken as is.
     output_dir: str | None = None
     try:
-        if out is not None:  # a URL is taken as is; a local path as the user typed it, resolved
-            output_dir = str(out) if is_url(str(out)) else str(Path(out).resolve())
-        elif is_url(recipe.output.dir):
-            output_dir = recipe.output.dir.rstrip("/")
-        else:
-            output_dir = str(contained(recipe.output.root, recipe.output.dir))
-    except UnsafePathError as error:
-        problems.append(doc.problem(("output", "dir"), f"refused: {error}; output.dir must stay inside output.root"))
+        output_dir = resolve_output(recipe.output, out)
+    except OutputOutside as error:
+        problems.append(doc.problem(error.key, str(error)))
 
     if problems or source is None or output_dir is None or any(s is None for s in stages):
         raise RecipeError(problems)
@@ -211,6 +214,56 @@ def load_plan(
         output_dir=output_dir,
         fingerprint=fingerprint(recipe, source, resolved),
     )
+
+
+#: The environment variable that sets where recipes may write (a folder or an object-store URL).
+OUTPUT_ROOT_ENV = "CRISPEDIT_OUTPUT_ROOT"
+
+
+class OutputOutside(ValueError):
+    """A recipe's output location that leaves the output root; ``key`` is where the recipe says it."""
+
+    def __init__(self, key: KeyPath, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def output_root() -> Location:
+    """Where recipes may write: ``$CRISPEDIT_OUTPUT_ROOT`` (a folder or a URL), else the working directory."""
+    return resolve_location(os.environ.get(OUTPUT_ROOT_ENV) or ".")
+
+
+def resolve_output(spec: OutputSpec, out: str | os.PathLike[str] | None = None) -> str:
+    """The build's output location: ``out`` (typed by the user) as is, else the recipe's ``dir`` inside the root.
+
+    A recipe may come from anyone, so it cannot choose where the root is (only the command
+    line and the environment can), and whatever spelling its ``root`` and ``dir`` use, they
+    are resolved by :func:`resolve_location` and must land inside the root. Raises OutputOutside.
+    """
+    if out is not None:
+        try:
+            where = resolve_location(out)
+        except UnsafePathError as error:
+            raise OutputOutside(("output", "dir"), f"--out: {error}") from None
+        if where.chained:
+            raise OutputOutside(("output", "dir"), f"--out {out}: an output is a folder or a plain URL, not an fsspec chain")
+        return where.url
+    root = output_root()
+    hint = f"pass --out, or set {OUTPUT_ROOT_ENV}"
+    inner = root
+    try:
+        if spec.root is not None:
+            inner = resolve_location(spec.root, base=root)
+            if inner.chained or not inner.inside(root):
+                raise OutputOutside(("output", "root"), f"refused: {spec.root} is outside the output root {root.url}; "
+                                    f"a recipe can narrow the root, not move it ({hint})")
+        where = resolve_location(spec.dir, base=inner)
+    except UnsafePathError as error:
+        raise OutputOutside(("output", "dir"), f"refused: {error}") from None
+    if where.chained or not where.inside(inner) or where.same(inner):
+        raise OutputOutside(("output", "dir"), f"refused: {spec.dir} is outside the output root {inner.url}; "
+                            f"output.dir must stay inside it ({hint})")
+    return where.url.rstrip("/") if not where.is_local else where.url
 
 
 def _check_data_flow(source: Entry, stages: list[Entry], sources: dict[str, Any], registry: dict[str, Any]) -> list[Problem]:
@@ -259,6 +312,7 @@ def plan_until(plan: BuildPlan, stage: str) -> BuildPlan:
         "stages": plan.stages[: names.index(stage) + 1],
         "output_dir": f"{plan.output_dir.rstrip('/')}/until/{stage}",
         "cache_root": plan.cache_dir,
+        "parent_output": plan.output_dir,
     })
 
 

@@ -63,7 +63,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         builder = datasets.load_dataset_builder(p.path, p.config, revision=p.revision, storage_options=p.storage_options or None)
         files = self._parquet_files(builder)
         if files is not None:
-            reader = ParquetFiles(files, p.image_column, p.caption_column, p.base, p.storage_options)
+            reader = ParquetFiles(files, p.image_column, p.caption_column, p.cell_rules(p.base))
             reader.layout(fresh=True)  # checks the columns now, where the error is clearest
             self._resolved = ("parquet", reader)
         elif p.streaming:
@@ -157,8 +157,9 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
             if len(chosen) < end - start:
                 raise RuntimeError(f"{p.path}[{p.split}] ended at row {start + len(chosen)}, before its recorded size")
         name = self._display_name()
+        rules = p.cell_rules(p.base)
         return [
-            cell_record(cell, f"{name}:row {row}", caption, p.base, p.storage_options)
+            cell_record(cell, f"{name}:row {row}", caption, rules)
             for row, (cell, caption) in enumerate(zip(images, captions), start=start)
         ]
 

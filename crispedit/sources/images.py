@@ -12,17 +12,22 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from crispedit.core.images import ImageRejected, fit_within, read_image
+from crispedit.core.limits import MAX_FAN_OUT, MAX_ITEMS
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.source import Source, register_source
 from crispedit.core.stage import StageParams
+from crispedit.core.storage import DEFAULT_MAX_BYTES, InputRefused, read_input
 
 
 class ImageSourceParams(StageParams):
-    edits_per_image: int = Field(1, ge=1, description="items per image: each gets its own edit")
+    edits_per_image: int = Field(1, ge=1, le=MAX_FAN_OUT, description="items per image: each gets its own edit")
     max_side: int | None = Field(512, ge=16, description="downscale so the long side is at most this")
     size_multiple: int = Field(8, ge=1, description="round width and height down to a multiple of this")
     max_pixels: int = Field(64_000_000, ge=1, description="refuse larger images before decoding them")
-    limit: int | None = Field(None, ge=1, description="use at most this many images")
+    max_bytes: int = Field(
+        DEFAULT_MAX_BYTES, ge=1, description="refuse larger image files (`file too large`) before reading them; devices and FIFOs are refused too",
+    )
+    limit: int | None = Field(None, ge=1, le=MAX_ITEMS, description="use at most this many images")
     background: int = Field(255, ge=0, le=255, description="gray level alpha is composited onto")
 
 
@@ -86,7 +91,7 @@ class ImageListSource(Source[IP]):
             entry = entries[which]
             if which not in decoded:  # once per image, whatever its number of items
                 try:
-                    pixels, notes = read_image(entry.path, self.params.max_pixels, self.params.background)
+                    pixels, notes = read_image(entry.path, self.params.max_pixels, self.params.background, self.params.max_bytes)
                     decoded[which] = (fit_within(pixels, self.params.max_side, self.params.size_multiple), notes)
                 except ImageRejected as rejected:
                     decoded[which] = str(rejected)
@@ -133,7 +138,10 @@ class FolderSource(ImageListSource[FolderParams]):
         if self.params.captions == "sidecar":
             sidecar = path.with_suffix(".txt")
             if sidecar.is_file():
-                return sidecar.read_text(encoding="utf-8", errors="replace").strip()
+                try:
+                    return read_input(sidecar, self.params.max_bytes).decode("utf-8", errors="replace").strip()
+                except InputRefused:
+                    pass  # an oversized or special sidecar: the file-name caption below
         words = re.sub(r"[_\-.]+", " ", path.stem)
         words = re.sub(r"\d+", " ", words).strip()
         return self.params.caption_template.format(name=re.sub(r"\s+", " ", words) or "something")

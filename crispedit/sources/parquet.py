@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from crispedit.core.source import register_source
+from crispedit.core.source import SourceError, register_source
 from crispedit.sources.records import (
+    CellRules,
     InputFile,
     Record,
     RecordSource,
@@ -84,28 +85,40 @@ def parquet_layout(
     files = expand_inputs(specs, (".parquet", ".parq"), storage_options)
 
     def footer(file: InputFile) -> tuple[list[int], str]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with file.open() as handle:
-            parquet = pq.ParquetFile(handle)
-            schema = parquet.schema_arrow
-            groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+        try:
+            with file.open() as handle:
+                parquet = pq.ParquetFile(handle)
+                schema = parquet.schema_arrow
+                groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+        except (pa.ArrowException, OSError) as error:
+            raise SourceError(f"{file.url}: not a readable Parquet file ({_first_line(error)})") from None
         missing = [c for c in (image_column, caption_column) if c is not None and c not in schema.names]
         if missing:
-            raise ValueError(f"{file.url} has no column {missing[0]!r} (columns: {', '.join(schema.names)})")
-        return groups, image_kind(schema.field(image_column).type)
+            raise SourceError(f"{file.url} has no column {missing[0]!r} (columns: {', '.join(schema.names)})")
+        try:
+            return groups, image_kind(schema.field(image_column).type)
+        except ValueError as error:
+            raise SourceError(f"{file.url}: column {image_column!r}: {error}") from None
 
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         footers = list(pool.map(footer, files))
     kinds = {kind for _, kind in footers}
     if len(kinds) > 1:
-        raise ValueError(f"the image column {image_column!r} is stored differently across files: {sorted(kinds)}")
+        raise SourceError(f"the image column {image_column!r} is stored differently across files: {sorted(kinds)}")
     layout = ParquetLayout(files, [groups for groups, _ in footers], kinds.pop())
     _LAYOUTS.pop(key, None)
     if len(_LAYOUTS) >= 8:
         _LAYOUTS.pop(next(iter(_LAYOUTS)))
     _LAYOUTS[key] = layout
     return layout
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,11 @@ class ParquetFiles:
     specs: list[str]
     image_column: str
     caption_column: str | None
-    base: str | None
-    storage_options: dict[str, Any]
+    rules: CellRules
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return self.rules.storage_options
 
     def layout(self, fresh: bool = False) -> ParquetLayout:
         return parquet_layout(self.specs, self.storage_options, self.image_column, self.caption_column, fresh=fresh)
@@ -160,7 +176,7 @@ class ParquetFiles:
             images = table.column(image).to_pylist()
             captions = table.column(caption_column).to_pylist() if caption_column else [None] * len(images)
             for row, (cell, caption) in enumerate(zip(images, captions), start=lo):
-                records.append(cell_record(cell, f"{file.ref}:row {row}", caption, self.base, self.storage_options))
+                records.append(cell_record(cell, f"{file.ref}:row {row}", caption, self.rules))
         return records
 
 
@@ -172,7 +188,7 @@ class ParquetSource(RecordSource[ParquetParams]):
 
     def _files(self) -> ParquetFiles:
         p = self.params
-        return ParquetFiles(p.files, p.image_column, p.caption_column, p.base, p.storage_options)
+        return ParquetFiles(p.files, p.image_column, p.caption_column, p.cell_rules(p.base))
 
     def record_count(self) -> int:
         return self._files().layout(fresh=True).total

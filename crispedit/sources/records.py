@@ -13,17 +13,18 @@ import json
 import os
 import re
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import Field
 
 from crispedit.core.images import ImageRejected, decode_image, fit_within
+from crispedit.core.locations import resolve_location
 from crispedit.core.paths import UnsafePathError
 from crispedit.core.sample import Sample
 from crispedit.core.source import Source
-from crispedit.core.storage import is_url, relative_key, split_url
+from crispedit.core.storage import DEFAULT_MAX_BYTES, InputRefused, read_input, split_url
 from crispedit.sources.images import ImageSourceParams, item_sample
 
 
@@ -36,6 +37,12 @@ class RemoteImageParams(ImageSourceParams):
         description="fsspec options for remote files, e.g. {endpoint_url: ...}; never secrets (those come from the "
         "environment); not part of the fingerprint, since they say how to reach the data, not what it is",
     )
+    absolute_paths: bool = Field(
+        False, description="without `base`: let path cells name any local file (absolute, or outside the working directory)",
+    )
+
+    def cell_rules(self, base: str | None) -> CellRules:
+        return CellRules(base, self.absolute_paths, self.max_bytes, dict(self.storage_options))
 
 
 @dataclass(frozen=True)
@@ -200,38 +207,66 @@ def image_kind(arrow_type: Any) -> str:
     raise ValueError(f"an image column holds HF Image structs, bytes or paths, not {arrow_type}")
 
 
-def cell_record(cell: Any, ref: str, caption: Any, base: str | None, storage_options: dict[str, Any]) -> Record:
-    """A Record from one image cell: an HF Image dict, raw bytes, or a path/URL read now."""
+@dataclass(frozen=True)
+class CellRules:
+    """What a data cell that names a file may make a build read, and how much of it.
+
+    With ``base``, a cell is a path or URL inside ``base``, whatever its spelling (relative,
+    absolute, ``..``, symlinks, ``file://``, ``local://``). Without it, remote URLs are read as
+    they are, and local paths are relative to ``folder`` (default: the working directory)
+    and must stay inside it unless the recipe sets ``absolute_paths``. An fsspec chain
+    (``a::b``) is never a cell. Every read stops at ``max_bytes``, and a cell naming a
+    device, a FIFO or a directory is a reject.
+    """
+
+    base: str | None = None
+    absolute_paths: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    folder: str | None = None
+
+    def locate(self, value: str) -> str:
+        """The resolved location a cell names; UnsafePathError when the rules refuse it."""
+        if "::" in value:
+            raise UnsafePathError(f"{value!r} is an fsspec chain; a cell names one file (a path or a plain URL)")
+        if self.base is not None:
+            root = resolve_location(self.base)
+            where = resolve_location(value, base=root)
+            if not where.inside(root):
+                raise UnsafePathError(f"{value!r} is outside base {self.base}")
+            return where.url
+        root = resolve_location(self.folder or ".")
+        where = resolve_location(value, base=root)
+        if where.is_local and not self.absolute_paths and not where.inside(root):
+            raise UnsafePathError(f"{value!r} is outside {root.url}; set base, or absolute_paths: true")
+        return where.url
+
+
+def cell_record(cell: Any, ref: str, caption: Any, rules: CellRules) -> Record:
+    """A Record from one image cell: an HF Image dict, raw bytes, or a path/URL read now (within ``rules``)."""
     text = None if caption is None else str(caption)
     if isinstance(cell, dict):
         if cell.get("bytes"):
-            return Record(ref, text, data=bytes(cell["bytes"]))
-        cell = cell.get("path")
+            cell = cell["bytes"]
+        else:
+            cell = cell.get("path")
     if isinstance(cell, (bytes, bytearray, memoryview)):
-        return Record(ref, text, data=bytes(cell))
+        data = bytes(cell)
+        if len(data) > rules.max_bytes:
+            return Record(ref, text, problem=f"file too large: {len(data)} bytes in the cell, more than max_bytes ({rules.max_bytes})")
+        return Record(ref, text, data=data)
     if not cell:
         return Record(ref, text, problem="missing image: the image cell is empty")
     try:
-        location = resolve_against(str(cell), base)
+        location = rules.locate(str(cell))
     except UnsafePathError as error:
         return Record(ref, text, problem=f"unsafe path: {error}")
     try:
-        fs, path = split_url(location, storage_options)
-        return Record(ref, text, data=fs.cat_file(path))
+        return Record(ref, text, data=read_input(location, rules.max_bytes, rules.storage_options))
+    except InputRefused as refused:
+        return Record(ref, text, problem=str(refused))
     except (OSError, ValueError) as error:
         return Record(ref, text, problem=f"unreadable file: {location}: {type(error).__name__}")
-
-
-def resolve_against(value: str, base: str | None) -> str:
-    """Where a path or URL cell points: URLs as they are, local paths under ``base``.
-
-    With a ``base``, a local cell must be relative and may not climb out of it (a data file must
-    not make the build read arbitrary files of the machine it runs on); without one, cells are
-    taken as they are.
-    """
-    if is_url(value) or base is None:
-        return value
-    return f"{base.rstrip('/')}/{relative_key(value)}"
 
 
 def _local(fs: Any) -> bool:

@@ -20,26 +20,34 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from crispedit.core.limits import MAX_ITEMS
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.source import Source, register_source
 from crispedit.core.stage import StageParams
-from crispedit.core.storage import is_url, open_input
+from crispedit.core.storage import DEFAULT_MAX_BYTES, InputRefused, is_url, read_input
 
 SeedAs = Literal["topic", "caption"]
 
 
-def read_texts(location: str, column: str) -> list[str | None]:
+def read_texts(location: str, column: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[str | None]:
     """The texts of a file, one per row: ``.txt`` (non-blank lines), ``.jsonl``, ``.csv`` or ``.parquet``.
 
     A missing or empty cell is None, so that row can become a reject instead of vanishing.
+    A file over ``max_bytes``, a device or a FIFO is refused before it is read (ValueError).
     """
     suffix = Path(location.split("?")[0]).suffix.lower()
-    with open_input(location) as handle:
-        data = handle.read()
+    try:
+        data = read_input(location, max_bytes)
+    except InputRefused as refused:
+        raise ValueError(f"{location}: {refused}") from None
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(data))
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except pa.ArrowException as error:
+            raise ValueError(f"{location}: not a readable Parquet file: {error}") from None
         if column not in table.column_names:
             raise ValueError(f"{location} has no column {column!r} (columns: {', '.join(table.column_names)})")
         return [_text(v) for v in table.column(column).to_pylist()]
@@ -78,11 +86,12 @@ def _check_file(location: str) -> None:
 
 
 class EmptyParams(StageParams):
-    count: int = Field(ge=1, description="how many items")
+    count: int = Field(ge=1, le=MAX_ITEMS, description="how many items")
     texts: list[str] | None = Field(None, description="topics or captions to seed the items with, cycled over them")
     file: str | None = Field(None, description="a .txt, .jsonl, .csv or .parquet file of topics or captions, cycled over the items")
     column: str = Field("text", description="the file's column holding the texts (not used for .txt)")
     seed_as: SeedAs = Field("topic", description="'topic': what the image shows (meta.topic); 'caption': the full source caption")
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="a larger `file` (or a device, a FIFO) is refused before it is read")
 
     @model_validator(mode="after")
     def _one_origin(self) -> EmptyParams:
@@ -109,7 +118,7 @@ class EmptySource(Source[EmptyParams]):
     def _texts(self) -> list[str | None]:
         if not hasattr(self, "_cached"):
             p = self.params
-            self._cached = [t.strip() for t in p.texts if t.strip()] if p.texts is not None else read_texts(p.file, p.column) if p.file else []
+            self._cached = [t.strip() for t in p.texts if t.strip()] if p.texts is not None else read_texts(p.file, p.column, p.max_bytes) if p.file else []
             if p.file and not self._cached:
                 raise ValueError(f"{p.file} holds no texts")
         return self._cached
@@ -133,7 +142,8 @@ class CaptionsParams(StageParams):
     file: str = Field(description="a .jsonl, .csv, .parquet or .txt file with one caption or topic per row (a path or fsspec URL)")
     column: str = Field("caption", description="the column holding the text (not used for .txt)")
     seed_as: SeedAs = Field("caption", description="'caption': the source caption; 'topic': what the image should show (meta.topic)")
-    limit: int | None = Field(None, ge=1, description="use at most this many rows")
+    limit: int | None = Field(None, ge=1, le=MAX_ITEMS, description="use at most this many rows")
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="a larger `file` (or a device, a FIFO) is refused before it is read")
 
     @model_validator(mode="after")
     def _exists(self) -> CaptionsParams:
@@ -152,7 +162,7 @@ class CaptionsSource(Source[CaptionsParams]):
 
     def _rows(self) -> list[str | None]:
         if not hasattr(self, "_cached"):
-            rows = read_texts(self.params.file, self.params.column)
+            rows = read_texts(self.params.file, self.params.column, self.params.max_bytes)
             self._cached = rows[: self.params.limit] if self.params.limit else rows
         return self._cached
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from crispedit.core.redact import scrub_url
 from crispedit.core.source import register_source
 from crispedit.core.storage import Output
 from crispedit.sources.records import InputFile, Record, RecordSource, RemoteImageParams, expand_inputs
@@ -101,7 +102,7 @@ class TarIndex:
     def _index(self, file: InputFile) -> list[TarKey]:
         info = file.fs.info(file.path)
         stamp = {k: str(info.get(k)) for k in ("size", "mtime", "ETag", "LastModified", "last_modified") if info.get(k) is not None}
-        name = hashlib.sha256(json.dumps([INDEX_VERSION, file.url, stamp], sort_keys=True).encode()).hexdigest()[:32] + ".json"
+        name = hashlib.sha256(json.dumps([INDEX_VERSION, scrub_url(file.url), stamp], sort_keys=True).encode()).hexdigest()[:32] + ".json"
         if name in _INDEXES:
             return _INDEXES[name]
         keys = self._read_cached(name)
@@ -160,16 +161,29 @@ class WebDatasetSource(RecordSource[WebDatasetParams]):
             tar, first = index.locate(position)
             keys = index.keys[tar][first : first + (end - position)]
             file = index.files[tar]
-            begin, stop = min(k.begin for k in keys), max(k.end for k in keys)
-            try:
-                blob = file.fs.cat_file(file.path, start=begin, end=stop)
-            except OSError as error:
-                blob, problem = b"", f"unreadable file: {file.url}: {type(error).__name__}"
-            else:
-                problem = None
-            records += [self._record(file, key, blob, begin, problem) for key in keys]
+            limit = self.params.max_bytes
+            if all(k.end - k.begin <= limit for k in keys):  # the usual case: one read for the whole run of keys
+                records += self._read(file, keys)
+            else:  # a member over max_bytes is a reject, and its bytes are never read
+                for key in keys:
+                    if key.end - key.begin > limit:
+                        name = next((key.members[e][0] for e in self.params.image_extensions if e in key.members), key.key)
+                        records.append(Record(f"{file.ref}:{name}", None, problem=f"file too large: key {key.key} holds "
+                                              f"{key.end - key.begin} bytes, more than max_bytes ({limit})"))
+                    else:
+                        records += self._read(file, [key])
             position += len(keys)
         return records
+
+    def _read(self, file: InputFile, keys: list[TarKey]) -> list[Record]:
+        begin, stop = min(k.begin for k in keys), max(k.end for k in keys)
+        try:
+            blob = file.fs.cat_file(file.path, start=begin, end=stop)
+        except OSError as error:
+            blob, problem = b"", f"unreadable file: {file.url}: {type(error).__name__}"
+        else:
+            problem = None
+        return [self._record(file, key, blob, begin, problem) for key in keys]
 
     def _record(self, file: InputFile, key: TarKey, blob: bytes, begin: int, problem: str | None) -> Record:
         def member(ext: str) -> bytes:

@@ -36,7 +36,7 @@ FAULTS = (
     "refusal",  # message.refusal set, no content
     "text_refusal",  # a refusal written as plain text
     "fenced",  # a valid answer inside prose and a ```json fence
-    "rate_limit",  # 429 with Retry-After
+    "rate_limit",  # 429 with Retry-After (seconds, or any text: an HTTP date, garbage)
     "server_error",  # 500
     "bad_request",  # 400: the prompt is longer than the context
     "slow",  # answers, but only after `delay` seconds
@@ -52,7 +52,8 @@ class Fault:
     kind: str
     times: int = 1
     match: str | None = None
-    retry_after: float | None = None
+    #: Seconds, or the header's text as sent (an HTTP date, garbage...).
+    retry_after: float | str | None = None
     delay: float = 0.0
 
 
@@ -75,6 +76,8 @@ class LLMServer:
         self.reject_max_tokens = reject_max_tokens
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
+        #: The query string of every POST (an endpoint may carry ``?api-version=`` or a token).
+        self.queries: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._faults: list[Fault] = []
@@ -112,7 +115,8 @@ class LLMServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def fail(self, kind: str, times: int = 1, match: str | None = None, retry_after: float | None = None, delay: float = 0.0) -> None:
+    def fail(self, kind: str, times: int = 1, match: str | None = None, retry_after: float | str | None = None,
+             delay: float = 0.0) -> None:
         """The next ``times`` requests (whose text contains ``match``, when given) meet fault ``kind``."""
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}; known: {FAULTS}")
@@ -129,6 +133,7 @@ class LLMServer:
         with self._lock:
             self.requests.clear()
             self.authorizations.clear()
+            self.queries.clear()
             self._faults.clear()
             self.max_in_flight = 0
 
@@ -173,7 +178,8 @@ class LLMServer:
         if kind == "drop":
             return 0, {}, None
         if kind == "rate_limit":
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault and fault.retry_after is not None else {}
+            after = fault.retry_after if fault else None
+            headers = {} if after is None else {"Retry-After": after if isinstance(after, str) else f"{after:g}"}
             return 429, headers, _error("Rate limit reached for requests", "rate_limit_exceeded")
         if kind == "unauthorized":
             return 401, {}, _error(f"Incorrect API key provided: {(authorization or '').removeprefix('Bearer ')}", "invalid_api_key")
@@ -223,7 +229,8 @@ def _handler_for(server: LLMServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            server.queries.append(self.path.partition("?")[2])
+            if not self.path.partition("?")[0].rstrip("/").endswith("/chat/completions"):
                 self._send(404, {}, _error("not found", "not_found"))
                 return
             try:

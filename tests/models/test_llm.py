@@ -115,6 +115,67 @@ def test_429_waits_as_long_as_retry_after_says(server: LLMServer, make_client) -
     assert time.perf_counter() - began >= 0.4  # our own backoff would have waited at most 0.05 s
 
 
+def _http_date(offset: float) -> str:
+    import email.utils
+
+    return email.utils.formatdate(time.time() + offset, usegmt=True)
+
+
+#: Retry-After as servers send it, and the wait it must give (low, high); None: our own backoff (0.005..0.01 s here).
+RETRY_AFTER_FORMS = {
+    "seconds": ("1", (1.0, 1.1)),
+    "zero": ("0", (0.0, 0.0)),
+    "decimal": ("1.5", (1.5, 1.65)),
+    "http-date": (lambda: _http_date(30), (27.0, 33.1)),
+    "past date": (lambda: _http_date(-3600), (0.0, 0.0)),
+    "huge": ("99999999999", (3600.0, 3960.0)),
+    "garbage": ("soon, maybe", None),
+    "negative": ("-5", None),
+    "inf": ("inf", None),
+    "nan": ("nan", None),
+    "empty": ("", None),
+    "broken date": ("Wed, 99 Foo 2024 25:61:00 GMT", None),
+    "absent": (None, None),
+}
+
+
+@pytest.mark.parametrize("form", list(RETRY_AFTER_FORMS))
+def test_429_with_any_retry_after_is_a_wait_never_a_reject(form: str, server: LLMServer, make_client,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the header holds, the client waits (the server's time, capped, or its own backoff) and asks again."""
+    import asyncio
+
+    header, expected = RETRY_AFTER_FORMS[form]
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: object) -> None:  # the waits are recorded, not spent: an hour is an hour
+        if delay > 0.001:
+            waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    server.fail("rate_limit", retry_after=header() if callable(header) else header)
+    [answer] = ask(make_client(), f"busy server, {form}")
+    assert answer.value is not None and answer.error is None and answer.usage["retries"] == 1
+    assert server.count == 2
+    low, high = expected if expected is not None else (0.005, 0.01)
+    wait = waits[0] if waits else 0.0
+    assert low <= wait <= high, (form, waits)
+
+
+def test_retry_after_headers_in_every_casing_and_unit() -> None:
+    from crispedit.core.backoff import MAX_RETRY_AFTER, retry_after
+
+    assert retry_after({"retry-after-ms": "250"}) == 0.25
+    assert retry_after({"Retry-After": "3"}) == 3.0 and retry_after({"RETRY-AFTER": "4"}) == 4.0
+    assert retry_after({"retry-after": "Sun, 06 Nov 1994 08:49:37 GMT"}, now=784111777.0 - 10) == 10.0
+    assert retry_after({"retry-after": "10"}, now=0) == 10.0 and retry_after({"retry-after": str(10**12)}) == MAX_RETRY_AFTER
+    for garbage in ("", "later", "1e3", "-1", "inf", "NaN", "Sun, 32 Nov 1994 08:49:37 GMT", "\x00"):
+        assert retry_after({"Retry-After": garbage}) is None, garbage
+    assert retry_after(None) is None and retry_after({}) is None and retry_after(object()) is None
+
+
 def test_500s_are_retried_until_an_answer(server: LLMServer, make_client) -> None:
     server.fail("server_error", times=2)
     [answer] = ask(make_client(), "flaky server")

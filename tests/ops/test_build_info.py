@@ -37,9 +37,9 @@ def describes_pixel_change(out: Path) -> None:
     assert stage.thresholds == {"pixel_l1": (0.01, 0.9)}
     assert info.thresholds["pixel_l1"] == (0.01, 0.9)
     card = render_card(info, [], out / "card-assets")
-    row = next(line for line in card.splitlines() if line.startswith("| pixel_change |"))
+    row = next(line for line in card.splitlines() if line.startswith("| pixel\\_change |"))  # the card escapes Markdown
     assert "pixel_l1 in [0.01, 0.9]" in row
-    page = write_preview(out, pairs=2, folder=out / "preview-test").folder / "data.js"
+    page = write_preview(out, pairs=2, folder=out.parent / "preview-test").folder / "data.js"  # a folder outside the build
     data = json.loads(page.read_text().removeprefix("window.CRISPEDIT_PREVIEW = ").rstrip().rstrip(";"))
     pipeline = {s["name"]: s for s in data["pipeline"]}
     assert pipeline["pixel_change"]["thresholds"] == {"pixel_l1": [0.01, 0.9]}

@@ -134,7 +134,7 @@ def test_refilter_refuses_what_it_cannot_decide(built: Path, tmp_path: Path) -> 
     generator = chain(tmp_path, "gen", "stages:\n  - kind: classical\n")
     with pytest.raises(RefilterError, match="not a filter"):
         refilter(built, generator, tmp_path / "x")
-    with pytest.raises(RefilterError, match="new location"):
+    with pytest.raises(RefilterError, match="what this command reads"):
         refilter(built, chain(tmp_path, "same", "stages: []\n"), built)
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from crispedit.cli import main
 from crispedit.core.hub_parquet import hub_shape_problems, row_group_sizes, write_hub_parquet
-from crispedit.publish.hub import PublishError, RetryPolicy, copy_tree, plan_tree, upload_tree
-from tests.helpers.hub_server import FakeHub  # noqa: E402
+from crispedit.publish.hub import PublishError, RetryPolicy, TreeFile, copy_tree, plan_tree, upload_tree
+from tests.helpers.hub_server import FakeHub
 
 TOKEN = "hf_test_secret_never_printed"
 
@@ -121,6 +121,87 @@ def test_incomplete_build_is_refused_unless_partial(build: Path, tmp_path: Path)
     assert "Partial build" in next(i.local for i in tree if i.path == "README.md").read_text()
 
 
+#: Text a model or a recipe author might write that Markdown or HTML would read as markup.
+HOSTILE = [
+    "<script>alert('card')</script>",
+    '<img src="https://evil.example/pixel.png" onerror="alert(1)">',
+    "![tracker](https://evil.example/t.png)",
+    "[click me](javascript:alert(1))",
+    '<a href="javascript:alert(2)">click</a>',
+    "make it **bold** | and _split_ the | table",
+    "see https://evil.example/x and www.evil.example",
+    "`code` and ``more`` <b>bold</b> &amp; &lt;done&gt;",
+    "# not a heading\n---\n[ref]: javascript:alert(3)",
+]
+
+
+class _Rendered(__import__("html.parser").parser.HTMLParser):
+    """The tags and attributes a renderer made, and the text of each table cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.cells: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self.cells.append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_untrusted_text_in_the_card_renders_as_text(build: Path, tmp_path: Path) -> None:
+    """Instructions, task names and the recipe's description, rendered by a real Markdown renderer, make no markup."""
+    import json
+
+    from markdown_it import MarkdownIt
+
+    marker = sorted((build / "_commits").glob("commit-*.json"))[0]
+    data = json.loads(marker.read_text())
+    path = build / "data" / f"{data['shard']}.parquet"
+    table = pq.read_table(path)
+    rows = table.num_rows
+    hostile = [HOSTILE[i % len(HOSTILE)] for i in range(rows)]
+    table = table.set_column(table.schema.get_field_index("instruction"), "instruction", pa.array(hostile, pa.string()))
+    table = table.set_column(table.schema.get_field_index("task"), "task", pa.array(["<i>task</i>|x"] * rows, pa.string()))
+    write_hub_parquet(table, str(path))
+    data["data_bytes"] = path.stat().st_size
+    marker.write_text(json.dumps(data))
+    recipe = (build / "recipe.yaml").read_text()
+    (build / "recipe.yaml").write_text(recipe.replace("description: ", "description: |-\n  <iframe src=\"https://evil.example\"></iframe> "
+                                                      "[home](javascript:alert(4))\n\n  second paragraph\n_was: ", 1))
+    assert "<iframe" in __import__("yaml").safe_load((build / "recipe.yaml").read_text())["description"]
+
+    tree = plan_tree(build, repo_id="org/quick", examples=100, staging=tmp_path / "stage")
+    card = next(item.local for item in tree if item.path == "README.md").read_text()
+    body = card.split("\n---\n", 1)[1]
+    html = MarkdownIt("commonmark", {"html": True}).enable("table").render(body)
+    page = _Rendered()
+    page.feed(html)
+    allowed = {"h1", "h2", "h3", "p", "table", "thead", "tbody", "tr", "th", "td", "code", "pre", "img", "blockquote", "strong", "em"}
+    assert {tag for tag, _ in page.tags} <= allowed, {tag for tag, _ in page.tags} - allowed
+    for tag, attrs in page.tags:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "img":
+            assert attrs["src"].startswith("assets/"), attrs
+        assert "javascript:" not in (attrs.get("href") or "") + (attrs.get("src") or "")
+    assert "<a " not in html and "<script" not in html and "<iframe" not in html
+    assert len(set(hostile)) >= 6
+    for text in set(hostile):  # what renders is the text itself (line breaks read as spaces in a table cell)
+        assert " ".join(text.split()) in page.cells, text
+    assert "<i>task</i>|x" in page.cells
+    assert "<iframe src=\"https://evil.example\"></iframe> [home](javascript:alert(4))" in __import__("html").unescape(html)
+
+
 # --- Hub-shaped Parquet -----------------------------------------------------------------------
 
 
@@ -203,6 +284,38 @@ def test_upload_lands_every_file_through_429_and_412(build: Path, hub: FakeHub, 
     assert hub.requests["lfs_put"] == puts
 
 
+@pytest.mark.parametrize("header, low, high", [("garbage", 1.0, 2.0), ("", 1.0, 2.0), ("3", 3.0, 3.0),
+                                               ("Wed, 99 Foo 2024 25:61:00 GMT", 1.0, 2.0), ("99999999999", 3600.0, 3600.0)])
+def test_a_429_with_any_retry_after_waits_and_commits(header: str, low: float, high: float, hub: FakeHub, tmp_path: Path) -> None:
+    """The Hub's Retry-After goes through the same parser as the LLM client's: unreadable means our backoff, never a failure."""
+    from huggingface_hub import HfApi
+
+    card = tmp_path / "README.md"
+    card.write_text("---\nlicense: other\n---\n# a card\n")
+    hub.commit_429, hub.retry_after = 1, header
+    waits: list[float] = []
+    report = upload_tree([TreeFile("README.md", card)], "org/retry", api=HfApi(), policy=RetryPolicy(sleep=waits.append))
+    assert report.commits == 1 and report.rate_limited == 1 and "README.md" in hub.files("org/retry")
+    assert len(waits) == 1 and low <= waits[0] <= high, waits
+
+
+def test_a_repository_crispedit_did_not_publish_keeps_its_files(build: Path, hub: FakeHub, tmp_path: Path) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    api.create_repo("org/theirs", repo_type="dataset")
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_text("a,b\n1,2\n")
+    api.create_commit("org/theirs", [CommitOperationAdd("data/theirs.csv", str(theirs))], commit_message="their data",
+                      repo_type="dataset")
+    tree = plan_tree(build, repo_id="org/theirs", staging=tmp_path / "stage")
+    with pytest.raises(PublishError, match="did not publish"):
+        upload_tree(tree, "org/theirs", api=api)
+    assert "data/theirs.csv" in hub.files("org/theirs")
+    report = upload_tree(tree, "org/theirs", api=api, overwrite=True)
+    assert report.deleted == ["data/theirs.csv"] and "data/theirs.csv" not in hub.files("org/theirs")
+
+
 def test_interrupted_upload_resumes_with_only_the_missing_files(build: Path, hub: FakeHub, tmp_path: Path) -> None:
     from huggingface_hub import HfApi
 
@@ -244,16 +357,23 @@ def test_cli_without_a_token_says_how_to_get_one(build: Path, hub: FakeHub, monk
 def test_to_url_copies_the_same_tree(build: Path, tmp_path: Path) -> None:
     tree = plan_tree(build, staging=tmp_path / "stage")
     mirror = tmp_path / "mirror"
-    stale = mirror / "data" / "train-99999999-99999999.parquet"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old")
-    result = copy_tree(tree, f"file://{mirror}")
-    assert sorted(result["copied"]) == sorted(i.path for i in tree)
-    assert not stale.exists()
+    # an earlier tree of this build held one more shard: the marker names it, so a re-publish removes it
+    extra = tmp_path / "extra.parquet"
+    extra.write_bytes(b"old")
+    first = copy_tree([*tree, TreeFile("data/train-99999999-99999999.parquet", extra)], f"file://{mirror}", build=build)
+    assert (mirror / "data" / "train-99999999-99999999.parquet").exists() and len(first["copied"]) == len(tree) + 1
+    result = copy_tree(tree, f"file://{mirror}", build=build)
+    assert not (mirror / "data" / "train-99999999-99999999.parquet").exists()
+    assert [Path(p).name for p in result["deleted"]] == ["train-99999999-99999999.parquet"]
     for item in tree:
         assert (mirror / item.path).read_bytes() == item.local.read_bytes()
-    again = copy_tree(tree, f"file://{mirror}")
+    again = copy_tree(tree, f"file://{mirror}", build=build)
     assert sorted(again["kept"]) == sorted(i.path for i in tree if i.path.endswith(".parquet"))
+    # a file crispedit did not write: the tree of another build is refused, even with overwrite, until it is moved away
+    (mirror / "data" / "mine.parquet").write_bytes(b"a user's own file")
+    with pytest.raises(PublishError, match="did not write"):
+        copy_tree(tree, f"file://{mirror}", overwrite=True)
+    assert (mirror / "data" / "mine.parquet").read_bytes() == b"a user's own file"
 
 
 def test_rejects_with_image_and_score_columns(build: Path, tmp_path: Path) -> None:

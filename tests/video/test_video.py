@@ -158,7 +158,7 @@ def test_the_source_reads_a_list_file_parquet_webdataset_and_fsspec_urls(clips: 
     data = clips["moving"].read_bytes()
     listing = tmp_path / "videos.txt"
     listing.write_text(f"# my clips\n{clips['moving']}\n\nmissing.mp4\n")
-    listed = VideosSource(VideosParams(list_file=str(listing)), CONTEXT).load(0, 2)
+    listed = VideosSource(VideosParams(list_file=str(listing), absolute_paths=True), CONTEXT).load(0, 2)
     assert listed[0].alive and listed[0].meta["video"]["path"] == str(clips["moving"])
     assert listed[1].reject.reason.startswith("unreadable file: ") and listed[1].source_ref == "missing.mp4"
 

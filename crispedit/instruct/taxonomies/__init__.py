@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Taxonomies shipped as package data, by the name a recipe uses.
@@ -95,7 +94,7 @@ def load_vocabulary(path: str | None = None) -> Vocabulary:
     """The built-in word lists, or a user's copy."""
     if path is None:
         return _vocabulary_builtin()
-    return Vocabulary.model_validate(_read_yaml(Path(path).read_text(encoding="utf-8"), path))
+    return Vocabulary.model_validate(_read_yaml(_bounded_text(Path(path)), path))
 
 
 @functools.cache
@@ -109,7 +108,7 @@ def _load_file(path: str) -> Taxonomy:
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"no taxonomy file {path}")
-    return Taxonomy.model_validate(_read_yaml(file.read_text(encoding="utf-8"), path))
+    return Taxonomy.model_validate(_read_yaml(_bounded_text(file), path))
 
 
 @functools.cache
@@ -118,8 +117,21 @@ def _vocabulary_builtin() -> Vocabulary:
     return Vocabulary.model_validate(_read_yaml(text, "vocabulary.yaml"))
 
 
-def _read_yaml(text: str, where: str) -> object:
+def _bounded_text(path: Path) -> str:
+    from crispedit.core.located import MAX_RECIPE_BYTES
+    from crispedit.core.storage import InputRefused, read_input
+
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ValueError(f"{where} is not valid YAML: {error}") from None
+        return read_input(path, MAX_RECIPE_BYTES).decode("utf-8")
+    except (InputRefused, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _read_yaml(text: str, where: str) -> object:
+    """YAML with the recipe reader's bounds (no alias bombs, no recursion): a taxonomy file is a recipe's to name."""
+    from crispedit.core.located import RecipeError, parse_located
+
+    try:
+        return parse_located(text, where).data
+    except RecipeError as error:
+        raise ValueError("; ".join(str(p) for p in error.problems)) from None

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, model_validator
 
+from crispedit.core.limits import MAX_FAN_OUT
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Resources, Stage, StageParams
 from crispedit.models.spec import ModelSpec
@@ -35,7 +36,7 @@ Fraction = float | tuple[float, float]
 class GeneratorParams(StageParams):
     """Sampler, candidates, routing and run options; each stage adds its models and knobs."""
 
-    candidates: int = Field(1, ge=1, description="images per input, each a child with its own seed; `select` keeps the best")
+    candidates: int = Field(1, ge=1, le=MAX_FAN_OUT, description="images per input, each a child with its own seed; `select` keeps the best")
     tasks: list[str] | None = Field(None, description="only samples whose `task` is listed; the others pass through untouched")
     steps: int = Field(30, ge=1, description="denoising steps (diffusers' default 50; --tiny caps them at 3)")
     guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance (SDXL's default 5.0); <= 1 turns it off")

@@ -38,8 +38,8 @@ from crispedit.sdxl.stages.base import (
 
 class P2PParams(GeneratorParams):
     base_model: ModelSpec = Field(SDXL_BASE, description="the SDXL checkpoint (id or path, revision)")
-    height: int = Field(1024, ge=64, multiple_of=8, description="image height when the sample has no recorded source size (--tiny: 64)")
-    width: int = Field(1024, ge=64, multiple_of=8, description="image width when the sample has no recorded source size")
+    height: int = Field(1024, ge=64, le=8192, multiple_of=8, description="image height when the sample has no recorded source size (--tiny: 64)")
+    width: int = Field(1024, ge=64, le=8192, multiple_of=8, description="image width when the sample has no recorded source size")
     noise: Literal["auto", "source", "own"] = Field(
         "auto", description="'source': the seed and size an sdxl_source stage recorded; 'own': a seed per candidate; 'auto': source when recorded"
     )

@@ -26,8 +26,8 @@ from crispedit.sdxl.stages.base import SDXL_BASE, GeneratorParams, TextToImageSt
 
 class SourceParams(GeneratorParams):
     base_model: ModelSpec = Field(SDXL_BASE, description="the SDXL checkpoint (id or path, revision)")
-    height: int = Field(1024, ge=64, multiple_of=8, description="image height in pixels (SDXL's native 1024; --tiny: 64 on the long side)")
-    width: int = Field(1024, ge=64, multiple_of=8, description="image width in pixels")
+    height: int = Field(1024, ge=64, le=8192, multiple_of=8, description="image height in pixels (SDXL's native 1024; --tiny: 64 on the long side)")
+    width: int = Field(1024, ge=64, le=8192, multiple_of=8, description="image width in pixels")
     keyword_mask: Literal["off", "optional", "required"] = Field(
         "off", description="write `mask` from the edit objects' cross-attention; 'required' rejects samples whose caption names none"
     )

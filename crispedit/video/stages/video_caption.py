@@ -176,9 +176,9 @@ class VideoCaptionStage(LLMStage, Stage[VideoCaptionParams]):
             return {}
         if self.context.tiny:
             return {"vlm": "template (tiny)"}
-        from crispedit.instruct.stages import public_url
+        from crispedit.core.redact import scrub_url
 
-        return {"vlm": f"{self.params.llm.model} at {public_url(self.params.llm.base_url)}"}
+        return {"vlm": f"{self.params.llm.model} at {scrub_url(self.params.llm.base_url)}"}
 
     def __call__(self, batch: list[Sample]) -> list[Sample]:
         live = []

@@ -16,6 +16,7 @@ videos are in memory together while it is built.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,20 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from crispedit.core.limits import MAX_ITEMS
+from crispedit.core.paths import UnsafePathError
 from crispedit.core.sample import Sample, sample_id
 from crispedit.core.source import Source, register_source
 from crispedit.core.stage import StageParams
-from crispedit.core.storage import is_url, split_url
-from crispedit.sources.records import Record
+from crispedit.core.storage import is_url, read_input, split_url
+from crispedit.sources.records import CellRules, Record
 from crispedit.video.containers import HEAD_BYTES, describe_head, sniff, truncation
 
 #: File name endings of videos, for WebDataset members and (with ``only_extensions``) folders.
 VIDEO_EXTENSIONS = ["mp4", "mov", "m4v", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "ogv", "3gp", "wmv"]
+
+#: A list file is text: this many bytes is far more than any real one.
+LIST_MAX_BYTES = 64 * 1024**2
 
 DEMO_HINT = "make the demo clips with `python -m crispedit.video.demo out/video_demo/videos` (or `make video-demo`)"
 
@@ -61,7 +67,10 @@ class VideosParams(StageParams):
     caption_key: str = Field("caption", description="webdataset: field of KEY.json read as the caption when there is no KEY.txt")
     base: str | None = Field(None, description="parquet: directory or URL that relative paths in `video_column` are resolved against")
     max_bytes: int = Field(2 * 1024**3, ge=1, description="larger files become rejects (`video too large`) before anything is read")
-    limit: int | None = Field(None, ge=1, description="use at most this many videos")
+    absolute_paths: bool = Field(
+        False, description="list_file and parquet without `base`: let entries name any local file (absolute, or outside the list's folder)",
+    )
+    limit: int | None = Field(None, ge=1, le=MAX_ITEMS, description="use at most this many videos")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, exclude=True,
         description="fsspec options for remote files, e.g. {endpoint_url: ...}; never secrets (those come from the environment)",
@@ -95,6 +104,8 @@ class VideoFile:
 
     ref: str
     url: str
+    #: Why the entry is not read (an unsafe path), instead of a location.
+    problem: str | None = None
 
 
 @register_source
@@ -145,20 +156,20 @@ class VideosSource(Source[VideosParams]):
     def _listed_files(self) -> list[VideoFile]:
         p = self.params
         assert p.list_file is not None
+        text = read_input(p.list_file, LIST_MAX_BYTES, p.storage_options).decode("utf-8-sig")
         fs, path = split_url(p.list_file, p.storage_options)
-        with fs.open(path, "rb") as handle:
-            text = handle.read().decode("utf-8-sig")
         folder = path.rsplit("/", 1)[0] if "/" in path else "."
+        rules = CellRules(absolute_paths=p.absolute_paths, max_bytes=p.max_bytes, storage_options=dict(p.storage_options),
+                          folder=folder if _local(fs) else fs.unstrip_protocol(folder))
         out = []
         for line in text.splitlines():
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
-            if is_url(entry) or os.path.isabs(entry) or not _local(fs):
-                url = entry if is_url(entry) or os.path.isabs(entry) else fs.unstrip_protocol(f"{folder}/{entry}")
-            else:
-                url = os.path.normpath(os.path.join(folder, entry))
-            out.append(VideoFile(entry, url))
+            try:
+                out.append(VideoFile(entry, rules.locate(entry)))
+            except UnsafePathError as error:
+                out.append(VideoFile(entry, "", f"unsafe path: {error}"))
         return out
 
     def _collection(self) -> Any:
@@ -172,7 +183,8 @@ class VideosSource(Source[VideosParams]):
                 from crispedit.sources.parquet import ParquetParams, ParquetSource
 
                 params: Any = ParquetParams(files=p.parquet, image_column=p.video_column, caption_column=p.caption_column,
-                                            base=p.base, storage_options=p.storage_options)
+                                            base=p.base, storage_options=p.storage_options, max_bytes=p.max_bytes,
+                                            absolute_paths=p.absolute_paths)
                 self._records_source = ParquetSource(params, self.context)
             else:
                 from crispedit.sources.webdataset import WebDatasetParams, WebDatasetSource
@@ -200,8 +212,16 @@ class VideosSource(Source[VideosParams]):
 
     def _from_file(self, index: int, file: VideoFile) -> Sample:
         sample = self._sample(index, file.ref)
+        if file.problem is not None:
+            sample.fail(self.name, file.problem)
+            return sample
         try:
             fs, path = split_url(file.url, self.params.storage_options)
+            if _local(fs):
+                mode = os.stat(path).st_mode
+                if not stat.S_ISREG(mode):
+                    sample.fail(self.name, f"unreadable file: {file.url} is not a regular file")
+                    return sample
             size = int(fs.size(path))
             if _local(fs):
                 with open(path, "rb") as handle:
