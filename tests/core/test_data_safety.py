@@ -377,6 +377,22 @@ def test_files_a_recipe_names_are_read_with_the_same_bounds(tmp_path: Path, caps
         assert "alias bomb" in capsys.readouterr().err
 
 
+def test_a_builds_recipe_copy_is_read_with_the_same_bounds(built: Path, tmp_path: Path, capsys) -> None:
+    """A build from elsewhere may hold a hostile recipe.yaml: the card and preview read the build without it,
+    a rewrite (refilter, dedupe) refuses it in one line."""
+    from crispedit.ops.build_info import read_build
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(built, hostile)
+    (hostile / "recipe.yaml").write_text(BOMB)
+    info = _in_time(lambda: read_build(hostile))
+    assert info.recipe == {} and [s.name for s in info.stages] == ["instruct", "classical", "pixel_change"]  # from the manifest
+    capsys.readouterr()
+    assert _in_time(lambda: main(["refilter", str(hostile), "--filters", str(BASIC), "--to", str(tmp_path / "new")]), 20) == 2
+    err = capsys.readouterr().err
+    assert "alias bomb" in err and "recipe.yaml" in err and not (tmp_path / "new").exists()
+
+
 def test_validate_answers_a_billion_laughs_from_the_command_line(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, BOMB)
     result = subprocess.run([sys.executable, "-m", "crispedit.cli", "validate", str(recipe)], capture_output=True, text=True, timeout=60)
