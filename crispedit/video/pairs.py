@@ -1,11 +1,16 @@
 """Which frame pairs are candidates, which pass the checks, and which are kept.
 
-Candidates are two kept frames of one scene between ``min_gap`` and ``max_gap`` seconds apart.
-A candidate passes when both frames are sharp, their colours are alike, the camera barely
-moved, the subject moved within the band and a real share of the frame changed. Within each
-scene the passing pairs are ranked by the share of the frame that changed (the visible size
-of the edit), then by subject motion, and the best ``pairs_per_scene`` are kept whose source
-frames are ``min_pair_gap`` apart; across the video the best ``max_pairs`` remain.
+Candidates are two kept frames of one scene between ``min_gap`` and ``max_gap`` seconds apart,
+with no unusable frame between them: a kept frame inside a fade or dissolve, flat (black or
+white) or a glitch has no scene (``None``, crispedit.video.transitions) and is never a pair's
+frame, nor jumped over, so no pair spans or sits inside a transition. A candidate passes when
+both frames are sharp, their colours are alike, the camera barely moved, the subject moved
+within the band, a real share of the frame changed, and neither frame is blocky (last, so a
+clip refused for its motion keeps that reason). Within each scene the passing pairs are
+ranked by the share of the frame that changed (the visible size of the edit), then by subject
+motion, and the best ``pairs_per_scene`` are kept that share no stretch of time with a kept
+one and whose sources are ``min_pair_gap`` apart, so a long single shot gives several pairs;
+across the video the best ``max_pairs`` remain.
 """
 
 from __future__ import annotations
@@ -33,17 +38,20 @@ class Candidate:
         return (-round(self.measures.change, 4), -round(self.measures.subject, 4), self.t_source, self.j)
 
 
-def candidates(times: list[float], scenes: list[int], settings: MiningSettings) -> list[Candidate]:
-    """Every (i, j) of one scene whose times are ``min_gap`` to ``max_gap`` apart, in time order."""
+def candidates(times: list[float], scenes: list[int | None], settings: MiningSettings) -> list[Candidate]:
+    """Every (i, j) of one scene, no unusable frame between them, ``min_gap`` to ``max_gap`` seconds apart, in time order."""
     eps = 1e-6
     found = []
     for i, t_i in enumerate(times):
+        scene = scenes[i]
+        if scene is None:
+            continue
         for j in range(i + 1, len(times)):
             gap = times[j] - t_i
-            if gap > settings.max_gap + eps or scenes[j] != scenes[i]:
-                break
+            if gap > settings.max_gap + eps or scenes[j] != scene:
+                break  # another scene or an unusable frame: nothing past it belongs to this stretch
             if gap >= settings.min_gap - eps:
-                found.append(Candidate(i, j, t_i, times[j], scenes[i]))
+                found.append(Candidate(i, j, t_i, times[j], scene))
     return found
 
 
@@ -71,6 +79,8 @@ def refusal(m: PairMeasures, settings: MiningSettings) -> str | None:
         return "too little change"
     if m.change > settings.max_change:
         return "too much change"
+    if m.blockiness > settings.max_blockiness:
+        return "blocky"
     return None
 
 
@@ -86,16 +96,20 @@ def select(found: list[Candidate], settings: MiningSettings) -> list[Candidate]:
         for c in sorted(by_scene[scene], key=lambda c: c.rank):
             if len(kept) >= settings.pairs_per_scene:
                 break
-            if all(abs(c.t_source - k.t_source) >= settings.min_pair_gap - 1e-6 for k in kept):
+            if _apart(c, kept, settings.min_pair_gap):
                 kept.append(c)
         picked += kept
-    best: list[Candidate] = []
-    for c in sorted(picked, key=lambda c: c.rank):
-        if len(best) >= settings.max_pairs:
-            break
-        if all(abs(c.t_source - k.t_source) >= settings.min_pair_gap - 1e-6 for k in best):
-            best.append(c)
+    best = sorted(picked, key=lambda c: c.rank)[: settings.max_pairs]
     return sorted(best, key=lambda c: (c.t_source, c.t_target))
+
+
+def _apart(c: Candidate, kept: list[Candidate], min_pair_gap: float) -> bool:
+    """No stretch of time shared with a kept pair (not even a frame), and the sources ``min_pair_gap`` apart."""
+    for k in kept:
+        disjoint = c.t_source > k.t_target + 1e-6 or k.t_source > c.t_target + 1e-6
+        if not disjoint or abs(c.t_source - k.t_source) < min_pair_gap - 1e-6:
+            return False
+    return True
 
 
 def why_none(found: list[Candidate], settings: MiningSettings) -> str:

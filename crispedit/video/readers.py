@@ -1,12 +1,19 @@
 """Video readers behind one interface: PyAV (the default) and decord, chosen in the recipe.
 
-A reader decodes one clip once, front to back, and yields every frame with its time in
-seconds. Nothing here trusts the container's frame count: PyAV decodes packets until the
-file ends; decord needs its count to ask for frames, so what it returns is checked and a
-count that lies (decord #373: ``get_batch`` loops forever when a file reports more frames
-than it holds) is caught by the caller's timeout, which is why decoding runs in a killable
-worker (crispedit.video.worker). Frames come as lazy handles, so only the frames that are
-kept are converted at full size; the cut detector gets a small copy of every frame.
+A reader decodes one clip once, front to back, and yields every frame with its presentation
+time in seconds. The time is never the one the decoder attaches to the frame: it comes from
+the clip's :class:`~crispedit.video.timeline.Timeline` (the container's packet stamps in
+display order, or index / fps for the whole clip where those cannot be trusted), the k-th
+decoded frame taking the k-th time, so PyAV and decord give the same time to the same
+picture. After the last frame, :meth:`Reader.report` says where the times came from and how
+many of the decoder's own stamps disagreed (Megamind.avi: 176 in PyAV, 269 in decord).
+
+Nothing here trusts the container's frame count: PyAV decodes packets until the file ends;
+decord needs its count to ask for frames, so what it returns is checked and a count that lies
+(decord #373: ``get_batch`` loops forever when a file reports more frames than it holds) is
+caught by the caller's timeout, which is why decoding runs in a killable worker
+(crispedit.video.worker). Frames come as lazy handles, so only the frames that are kept are
+converted at full size; the boundary detectors get a small copy of every frame.
 
 Sizes: research/video.md §4 measured PyAV at 584 fps and decord at 448 fps sequential decode
 of 480p on one core of this project's CPU; both readers are in one process per worker.
@@ -14,13 +21,14 @@ of 480p on one core of this project's CPU; both readers are in one process per w
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from crispedit.video.timeline import Timeline, build_timeline, read_timeline
 
 
 class VideoUnreadable(Exception):
@@ -42,10 +50,11 @@ class StreamInfo:
     declared_frames: int | None
     declared_seconds: float | None
     codec: str
+    timeline: Timeline
 
 
 class Frame(ABC):
-    """One decoded frame: its position, its time, and pixels on demand at any size."""
+    """One decoded frame: its position, its presentation time, and pixels on demand at any size."""
 
     index: int
     time: float
@@ -63,6 +72,14 @@ class Frame(ABC):
         colour statistics, which sampling keeps).
         """
 
+    @abstractmethod
+    def luma(self) -> np.ndarray:
+        """The frame in grey at its own size (uint8), from its RGB: where coding blocks sit on their 8-pixel grid.
+
+        From RGB in both readers, not PyAV's Y plane, so both give the same number (vtest.avi's
+        blockiness read 0.54 from PyAV's Y plane and 0.56 from decord; from RGB both read 0.561).
+        """
+
 
 def sample_step(width: int, target_width: int) -> int:
     """An even sampling step that brings ``width`` down to about ``target_width`` (at least 2: chroma is half size)."""
@@ -71,12 +88,16 @@ def sample_step(width: int, target_width: int) -> int:
 
 
 class Reader(ABC):
-    """Decodes one file sequentially. ``open`` then iterate ``frames``; ``close`` always."""
+    """Decodes one file sequentially. ``open`` then iterate ``frames``; ``report`` after; ``close`` always."""
 
     name: ClassVar[str]
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
+        self.timeline: Timeline | None = None
+        self.decoded = 0
+        self.own_disagreements = 0
+        self._own_start: float | None = None
 
     @abstractmethod
     def open(self, path: str) -> StreamInfo:
@@ -89,6 +110,29 @@ class Reader(ABC):
 
     def close(self) -> None:
         """Release the file."""
+
+    def _check_own(self, own: float | None, time: float) -> None:
+        """Count a decoder's own stamp that is more than half a frame from the timeline's time for the frame."""
+        if own is None or self.timeline is None:
+            return
+        if self._own_start is None:
+            self._own_start = own
+        if not abs((own - self._own_start) - time) <= 0.5 / self.timeline.fps:  # also counts NaN and garbage
+            self.own_disagreements += 1
+
+    def report(self) -> dict[str, Any]:
+        """Where the frame times came from, for the pair's provenance (after ``frames`` is exhausted)."""
+        t = self.timeline
+        if t is None:
+            return {}
+        return {
+            "time_source": t.source,
+            "time_note": t.note,
+            "own_time_disagreements": self.own_disagreements,
+            "packets": t.packets,
+            "repeat_entries": t.repeats,
+            "frames_unmatched": self.decoded - t.packets,  # < 0: pictures the decoder did not give; > 0: more than packets
+        }
 
 
 READERS: dict[str, type[Reader]] = {}
@@ -144,6 +188,11 @@ class _AVFrame(Frame):
         width, height = max(2, -(-frame.width // step)), max(2, -(-frame.height // step))
         return frame.reformat(width=width, height=height, format="bgr24", interpolation="POINT").to_ndarray()
 
+    def luma(self) -> np.ndarray:
+        import cv2
+
+        return cv2.cvtColor(self.frame.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+
 
 @register_reader
 class PyAVReader(Reader):
@@ -161,6 +210,11 @@ class PyAVReader(Reader):
         if not self.container.streams.video:
             self.container.close()
             raise VideoUnreadable("no video stream", f"the file has {len(self.container.streams)} streams, none of them video")
+        try:
+            self.timeline = read_timeline(path)  # a second, demux-only pass over the packets
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as error:
+            self.container.close()
+            raise VideoUnreadable("undecodable video", f"FFmpeg cannot read its packets ({type(error).__name__})") from None
         stream = self.container.streams.video[0]
         if self.threads == 1:
             stream.thread_count = 1  # one core per worker: the stage declares one CPU
@@ -168,36 +222,31 @@ class PyAVReader(Reader):
             stream.thread_type = "AUTO"  # frame and slice threads; 0 = as many as FFmpeg likes
             stream.thread_count = max(0, self.threads)
         self.stream = stream
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else None
-        seconds = None
-        if stream.duration is not None and stream.time_base is not None:
-            seconds = float(stream.duration * stream.time_base)
-        elif self.container.duration is not None:
-            seconds = self.container.duration / 1_000_000
         context = stream.codec_context
         return StreamInfo(
-            width=int(context.width or 0), height=int(context.height or 0), fps=fps,
-            declared_frames=int(stream.frames) or None, declared_seconds=seconds, codec=str(context.name),
+            width=int(context.width or 0), height=int(context.height or 0), fps=self.timeline.fps,
+            declared_frames=int(stream.frames) or None, declared_seconds=self.timeline.declared_seconds,
+            codec=str(context.name), timeline=self.timeline,
         )
 
     def frames(self) -> Iterator[Frame]:
         import av
 
-        fps = float(self.stream.average_rate or self.stream.guessed_rate or 25)
-        index = 0
+        assert self.timeline is not None, "open() first"
         try:
             for frame in self.container.decode(self.stream):
-                time = float(frame.time) if frame.time is not None else index / fps
-                yield _AVFrame(frame, index, time)
-                index += 1
+                time = self.timeline.time(self.decoded)
+                self._check_own(None if frame.time is None else float(frame.time), time)
+                yield _AVFrame(frame, self.decoded, time)
+                self.decoded += 1
         except av.error.FFmpegError as error:
-            raise VideoUnreadable("decode error", f"FFmpeg stopped after {index} frames ({type(error).__name__}: {error})") from None
+            raise VideoUnreadable("decode error", f"FFmpeg stopped after {self.decoded} frames ({type(error).__name__}: {error})") from None
 
     def close(self) -> None:
         container = getattr(self, "container", None)
         if container is not None:
             container.close()
+            self.container = None
 
 
 # --- decord ----------------------------------------------------------------------------------
@@ -217,13 +266,20 @@ class _ArrayFrame(Frame):
     def small_bgr(self, step: int) -> np.ndarray:
         return np.ascontiguousarray(self.pixels[::step, ::step, ::-1])
 
+    def luma(self) -> np.ndarray:
+        import cv2
+
+        return cv2.cvtColor(self.pixels, cv2.COLOR_RGB2GRAY)
+
 
 @register_reader
 class DecordReader(Reader):
     """decord (the design card's reader; last release 2021): frames in chunks of ``CHUNK`` sequential indices.
 
-    decord asks for frames by index up to the container's count, so a count that lies can make
-    it loop forever (#373) or fail partway: the first shows up as the worker's timeout, the
+    decord's own timestamps are only compared (garbage on AVI: see crispedit.video.timeline);
+    frame k gets the timeline's k-th time, as PyAV's k-th decoded frame does. decord asks for
+    frames by index up to the container's count, so a count that lies can make it loop
+    forever (#373) or fail partway: the first shows up as the worker's timeout, the
     second ends the clip with a ``decode error``. Frames are decoded at their own size and
     resized here (decord's own resizing failed on some sizes, e.g. 48x36, in this project's
     tests).
@@ -244,36 +300,39 @@ class DecordReader(Reader):
         except (decord.DECORDError, RuntimeError) as error:
             raise VideoUnreadable("undecodable video", f"decord cannot open it ({type(error).__name__})") from None
         count = len(self.reader)
-        fps = float(self.reader.get_avg_fps()) or None
         try:
             first = self.reader[0].shape if count else (0, 0, 3)
             self.reader.seek(0)
         except (decord.DECORDError, RuntimeError) as error:
             raise VideoUnreadable("undecodable video", f"decord cannot decode its first frame ({type(error).__name__})") from None
-        self.count, self.fps = count, fps or 25.0
+        fps = float(self.reader.get_avg_fps()) or None
+        try:
+            self.timeline = read_timeline(path)
+        except Exception:  # PyAV cannot demux what decord opened: derive every time from the index
+            self.timeline = build_timeline([None] * count, None, fps)
+        self.count = count
         return StreamInfo(
-            width=int(first[1]), height=int(first[0]), fps=fps, declared_frames=count or None,
-            declared_seconds=(count / fps) if fps and count else None, codec="decord",
+            width=int(first[1]), height=int(first[0]), fps=self.timeline.fps, declared_frames=count or None,
+            declared_seconds=self.timeline.declared_seconds, codec="decord", timeline=self.timeline,
         )
 
     def frames(self) -> Iterator[Frame]:
         import decord
 
-        index = 0
-        while index < self.count:
-            chunk = list(range(index, min(index + self.CHUNK, self.count)))
+        assert self.timeline is not None, "open() first"
+        while self.decoded < self.count:
+            chunk = list(range(self.decoded, min(self.decoded + self.CHUNK, self.count)))
             try:
                 pixels = self.reader.get_batch(chunk).asnumpy()
                 stamps = np.asarray(self.reader.get_frame_timestamp(chunk))
             except (decord.DECORDError, RuntimeError) as error:
                 first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-                raise VideoUnreadable("decode error", f"decord stopped after {index} frames ({type(error).__name__}: {first_line})") from None
+                raise VideoUnreadable("decode error", f"decord stopped after {self.decoded} frames ({type(error).__name__}: {first_line})") from None
             for k, position in enumerate(chunk):
-                time = float(stamps[k][0]) if stamps.ndim == 2 else position / self.fps
-                if not math.isfinite(time) or time < 0 or time > 1e7:  # a container's garbage timestamps
-                    time = position / self.fps
+                time = self.timeline.time(position)
+                self._check_own(float(stamps[k][0]) if stamps.ndim == 2 else None, time)
                 yield _ArrayFrame(pixels[k], position, time)
-            index += len(chunk)
+                self.decoded += 1
 
     def close(self) -> None:
         self.reader = None  # decord frees the file when the reader is collected

@@ -34,8 +34,9 @@ class MiningSettings(BaseModel):
     min_seconds: float = Field(1.0, gt=0, description="a video with less decoded footage is a reject (`video too short`) [own: the shortest gap]")
     truncation_tolerance: float = Field(
         0.1, ge=0, le=1,
-        description="a decode that fails after fewer than (1 - this) of the frames the container declares is a reject "
-        "(`truncated video`); the declared count is only compared, never used to drive decoding [own]",
+        description="a decode that covers less than (1 - this) of the seconds the container declares is a reject "
+        "(`truncated video`); seconds, not frame counts, since an AVI's repeat-the-previous-frame entries count as frames "
+        "but hold no picture; the declared length is only compared, never used to drive decoding [own]",
     )
     decode_timeout: float = Field(
         120.0, gt=0,
@@ -47,7 +48,7 @@ class MiningSettings(BaseModel):
     size_multiple: int = Field(8, ge=1, description="round the pair's width and height down to a multiple of this, as image sources do")
     analysis_side: int = Field(
         320, ge=16,
-        description="long side at which flow, ORB and differences are computed; research measured DIS and ORB at 427x240 [rv §4, §8]",
+        description="long side at which flow and differences are computed; research measured DIS at 427x240 [rv §4, §8]",
     )
 
     # -- scene cuts ---------------------------------------------------------------------------
@@ -67,6 +68,16 @@ class MiningSettings(BaseModel):
     adaptive_window: int = Field(2, ge=1, description="adaptive detector: frames on each side in the average; PySceneDetect's default [rv §3]")
     min_content_val: float = Field(15.0, ge=0, description="adaptive detector: least HSV change a cut needs; PySceneDetect's default [rv §3]")
     min_scene_seconds: float = Field(0.6, ge=0, description="shortest scene; PySceneDetect's benchmark sweep chose 0.6 s [rv §3]")
+    blend_ratio: float = Field(
+        0.35, gt=0, le=1,
+        description="a frame is inside a fade or dissolve when the best mix of the frames 0.25 s either side leaves less than this "
+        "share of the nearer one's difference; real fades and the trailer's dissolve 0.02-0.31, motion 0.5-1.3 [own, real clips]",
+    )
+    blend_change: float = Field(12.0, ge=0, description="the two ends of such a mix must differ by this mean grey level (0-255) [own, real clips]")
+    glitch_change: float = Field(
+        12.0, ge=0,
+        description="HSV difference to both neighbours (which are alike) that makes a frame a glitch, not a cut [own, real clips]",
+    )
 
     # -- measures -----------------------------------------------------------------------------
     flow_preset: Literal["ultrafast", "fast", "medium"] = Field(
@@ -74,16 +85,8 @@ class MiningSettings(BaseModel):
     )
     ransac_threshold: float = Field(
         0.6, gt=0,
-        description="RANSAC reprojection error for the camera homography, % of the frame diagonal; research used 3 px at 427x240 (0.6 %) [rv §4]",
-    )
-    min_camera_matches: int = Field(
-        20, ge=4,
-        description="RANSAC inliers among the ORB matches needed to trust the ORB model; with fewer (low texture, tiny frames) "
-        "the flow's own vectors give the camera instead [rv §4: fewer than 4 matches made findHomography raise] [own]",
-    )
-    min_inlier_coverage: float = Field(
-        0.25, ge=0, le=1,
-        description="share of a 4x4 grid's cells the ORB inliers must reach; matches crowded on one object are the subject, not the camera [own]",
+        description="tolerance of the camera test on the background band's flow (still camera, and the RANSAC similarity), % of the "
+        "frame diagonal; research used 3 px at 427x240 (0.6 %) [rv §4]",
     )
     moving_threshold: float = Field(
         1.0, gt=0, description="residual flow (after the camera) above this % of the diagonal between two kept frames marks a pixel as moving [own]"
@@ -122,8 +125,17 @@ class MiningSettings(BaseModel):
     )
     min_change: float = Field(0.01, ge=0, le=1, description="share of the frame that must visibly change once the camera is compensated [own]")
     max_change: float = Field(0.6, gt=0, le=1, description="a larger changed share means a different view, not an edit [own]")
-    pairs_per_scene: int = Field(1, ge=1, description="best pairs kept per scene: the largest visible change first, then the most subject motion")
-    max_pairs: int = Field(3, ge=1, description="pairs kept per video at most (K), best first")
+    max_blockiness: float = Field(
+        0.75, ge=0,
+        description="both frames' grey step across the 8-px coding grid beyond the step elsewhere must stay under this (grey "
+        "levels): starved encoders pass a sharpness floor; carphone_distorted.mp4 0.94, its pristine source 0.15 [own, real clips]",
+    )
+    pairs_per_scene: int = Field(
+        3, ge=1,
+        description="best pairs kept per scene (the largest visible change first, then the most subject motion), disjoint in "
+        "time, their sources min_pair_gap apart, so a long single shot gives several [own]",
+    )
+    max_pairs: int = Field(6, ge=1, description="pairs kept per video at most (K), best first")
     min_pair_gap: float = Field(2.0, ge=0, description="seconds between the source frames of two pairs kept from one video [own]")
 
     @model_validator(mode="after")

@@ -2,9 +2,10 @@
 
 Branch ``video``. Each video is decoded once, front to back, in a killable worker process
 (crispedit.video.worker) at ``sample_fps``; PySceneDetect finds its cuts; candidate pairs of
-one scene are measured (sharpness, colour similarity, camera motion from ORB + RANSAC,
-subject motion from DIS optical flow with the camera removed, the share of the frame that
-changed); the best pairs of each scene are kept, up to ``max_pairs`` per video. Each kept
+one scene are measured (sharpness, blockiness, colour similarity, camera motion from the
+background band's DIS optical flow, subject motion from the flow with the camera removed, the
+share of the frame that changed); no pair spans or sits in a fade or dissolve; the best pairs
+of each scene are kept, up to ``max_pairs`` per video. Each kept
 pair becomes a child of the video's item (``sample.spawn``) whose provenance records the
 video, both frame times in seconds, the sampling rate, the reader and every measure; the
 measures are also score columns. A video that gives no pair is returned rejected, with the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from functools import cache
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -29,7 +31,7 @@ from crispedit.video.settings import MiningSettings
 #: Score columns every pair carries (motions in % of the frame diagonal).
 SCORE_COLUMNS = [
     "video_similarity", "video_flow", "video_camera", "video_subject", "video_change",
-    "video_sharpness_source", "video_sharpness_target", "video_camera_inliers",
+    "video_sharpness_source", "video_sharpness_target", "video_subject_area", "video_blockiness", "video_camera_support",
 ]
 
 
@@ -72,11 +74,11 @@ class VideoPairsStage(Stage[VideoPairsParams]):
         return list(SCORE_COLUMNS)
 
     def model_ids(self) -> dict[str, str]:
-        package = {"pyav": "av", "decord": "decord"}.get(self.params.reader)
+        module = {"pyav": "av", "decord": "decord"}.get(self.params.reader)
         return {
-            "reader": f"{self.params.reader} {_version(package)}" if package else self.params.reader,
-            "cuts": f"scenedetect {_version('scenedetect')} {self.params.cut_detector}",
-            "measures": f"opencv {_opencv_version()} DIS {self.params.flow_preset}, ORB, RANSAC",
+            "reader": f"{self.params.reader}: {module_version(module)}" if module else self.params.reader,
+            "cuts": f"{module_version('scenedetect')} {self.params.cut_detector}",
+            "measures": f"{module_version('cv2')} DIS {self.params.flow_preset}, background-band camera, RANSAC similarity",
         }
 
     def setup(self) -> None:
@@ -175,17 +177,22 @@ class _local_copy:
                 pass
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "(not installed)"
+@cache
+def _providers() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
 
 
-def _opencv_version() -> str:
-    for package in ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"):
+def module_version(module: str) -> str:
+    """'distribution version' of whatever installed distribution provides an importable module.
+
+    The module ``scenedetect`` comes from the ``scenedetect-headless`` distribution here, and
+    ``cv2`` from ``opencv-python-headless``: asking for the module's own name found nothing and
+    the provenance said ``scenedetect (not installed)``. Several providers are all named.
+    """
+    found = []
+    for name in sorted(set(_providers().get(module, []))):
         try:
-            return metadata.version(package)
+            found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             continue
-    return "(not installed)"
+    return ", ".join(found) if found else f"{module} (not installed)"
