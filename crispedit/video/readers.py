@@ -312,7 +312,8 @@ class DecordReader(Reader):
             self.timeline = build_timeline([None] * count, None, fps)
         self.count = count
         return StreamInfo(
-            width=int(first[1]), height=int(first[0]), fps=self.timeline.fps, declared_frames=count or None,
+            width=int(first[1]), height=int(first[0]), fps=self.timeline.fps,
+            declared_frames=self.timeline.declared_entries or count or None,  # the container's count, as PyAV's
             declared_seconds=self.timeline.declared_seconds, codec="decord", timeline=self.timeline,
         )
 
