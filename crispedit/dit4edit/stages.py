@@ -50,7 +50,7 @@ def default_checkpoints() -> list[dict[str, Any]]:
     return [
         {"model": {"id": "PixArt-alpha/PixArt-XL-2-512x512", "revision": "50f702106901db6d0f8b67eb88e814c56ded2692"},
          "max_pixels": 640 * 640},
-        {"model": {"id": "PixArt-alpha/PixArt-XL-2-1024-MS", "revision": "196525abb60687995f255ba82255269195418951"},
+        {"model": {"id": "PixArt-alpha/PixArt-XL-2-1024-MS", "revision": "b89adadeccd9ead2adcb9fa2825d3fabec48d404"},
          "max_pixels": 1536 * 1024},
         {"model": {"id": "PixArt-alpha/PixArt-Sigma-XL-2-2K-MS", "revision": "cd274f4c8b01de0dcc87b65887dd357d473bf516"},
          "components_model": {"id": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "revision": "937eb4b6ca35a159c56494998176988a466f83b5"},
@@ -64,7 +64,7 @@ class Dit4EditParams(StageParams):
         description="PixArt checkpoints by output size, smallest first (default: α-512, α-1024-MS, Σ-2K)",
     )
     text_model: ModelSpec | None = Field(
-        ModelSpec(id="PixArt-alpha/PixArt-XL-2-1024-MS", revision="196525abb60687995f255ba82255269195418951"),
+        ModelSpec(id="PixArt-alpha/PixArt-XL-2-1024-MS", revision="b89adadeccd9ead2adcb9fa2825d3fabec48d404"),
         description="repo whose text_encoder/ and tokenizer/ hold T5 (shared by α and Σ: loaded once); null: each checkpoint's own",
     )
     text_encoder_offload: Literal["keep", "cpu", "free"] = Field(

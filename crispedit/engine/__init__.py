@@ -18,9 +18,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crispedit.core.failures import StageBroken
+from crispedit.core.library_logs import library_log
 from crispedit.core.redact import scrub_text
 from crispedit.core.shards import PlanTooLarge, plan_shards
 from crispedit.core.source import SourceError
@@ -93,7 +95,7 @@ def build(
     warnings: list[str] = []
     if todo:
         run = run_local if chosen == "local" else run_ray
-        with Progress(progress, len(todo), plan.recipe.name) as advance:
+        with library_log(_library_log_path(store.output)), Progress(progress, len(todo), plan.recipe.name) as advance:
             try:
                 failed = run(plan, meta, todo, advance, warnings, address=address, num_cpus=num_cpus)
             except StageBroken as error:
@@ -120,6 +122,13 @@ def build(
         write_histograms(store.output.root)
     out_dir = finish(store.output.url, replaces, summary["complete"] and not failed)
     return BuildResult(out_dir, len(shards), len(todo) - len(failed), skipped, time.perf_counter() - started, summary, failed)
+
+
+def _library_log_path(output: Output) -> str | None:
+    """OUT/logs/libraries.log for a local output when not verbose (``-v`` leaves the libraries on the console)."""
+    if log.isEnabledFor(logging.INFO) or not output.is_local:
+        return None
+    return str(Path(output.root) / "logs" / "libraries.log")
 
 
 def _add_resources(plan: BuildPlan, summary: dict[str, Any]) -> None:

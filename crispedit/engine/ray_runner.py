@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from crispedit.core.failures import StageBroken
+from crispedit.core.library_logs import route_from_environment
 from crispedit.core.shards import ShardRange
 from crispedit.core.stats import StageStats
 from crispedit.engine.cluster import UnreachableOutputError, check_output_reachable
@@ -108,6 +109,7 @@ def run_ray(
         ray.init(**{k: v for k, v in init.items() if v is not None})
         started_here = True
     try:
+        route_from_environment()  # ray.init put Ray's console handler back
         if not log.isEnabledFor(logging.INFO):
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         shared = [plan.output_dir] if plan.recipe.output.shared else []

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from crispedit.core.failures import StageBroken, TransientError, describe_error
+from crispedit.core.library_logs import route_from_environment
 from crispedit.core.redact import install_log_scrubber
 from crispedit.core.sample import Sample
 from crispedit.core.shards import ShardRange
@@ -73,6 +74,7 @@ class Segment:
         self.stages = [(make_stage(self.plan.stages[i], context), placement(self.plan, self.plan.stages[i]).batch_size)
                        for i in steps if isinstance(i, int)]
         self.store = store_for(self.plan, meta) if WRITE in steps else None
+        route_from_environment(configure=any(stage.model_ids() for stage, _ in self.stages))  # library notices: the build's log
         for stage, _ in self.stages:
             stage.setup()
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crispedit.core.located import LocatedError, LocatedYaml, load_located, validation_problems
+from crispedit.models.pins import pinned
 
 
 class ConfigError(LocatedError):
@@ -59,6 +60,14 @@ class ComponentConfig(_Strict):
     tokenizer_subfolder: str | None = None
     revision: str | None = None
     tiny: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin(cls, value: Any) -> Any:
+        """A known Hub id without a revision gets its verified pin (crispedit.models.pins)."""
+        if isinstance(value, dict) and value.get("revision") is None and not value.get("tiny") and value.get("id") is not None:
+            return {**value, "revision": pinned(value["id"], None)}
+        return value
 
 
 class ModelConfig(_Strict):

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from crispedit.models.pins import pinned
+
 TINY_ID = "tiny"
 
 
@@ -29,6 +31,13 @@ class ModelSpec(BaseModel):
     def _from_string(cls, value: Any) -> Any:
         """Accept the shorthand ``model: org/name`` for ``model: {id: org/name}``."""
         return {"id": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _pin(self) -> ModelSpec:
+        """A known Hub id without a revision gets its verified pin (crispedit.models.pins)."""
+        if self.revision is None and not self.is_tiny:
+            self.revision = pinned(self.id, None)
+        return self
 
     @property
     def is_tiny(self) -> bool:

@@ -289,25 +289,35 @@ def attach_ip_adapter(pipe: Any, spec: ModelSpec, weight: str, seed: int) -> Non
     """Load an IP-Adapter through diffusers' ``load_ip_adapter`` (the tiny twin too, from its files).
 
     ``weight`` is the file's path inside the repository, e.g. ``sdxl_models/ip-adapter_sdxl.safetensors``;
-    its folder is the subfolder, where diffusers also looks for ``image_encoder/``.
+    its folder is the subfolder, where the image encoder lives in ``image_encoder/``. diffusers'
+    loader fetches that encoder without passing ``revision`` (so a pinned build would get ``main``'s
+    1.8B-parameter encoder, and an offline cache holding only the pin fails), and only when the
+    pipeline has none: so the encoder is loaded here at the spec's revision and registered first.
     """
     subfolder, _, weight_name = weight.rpartition("/")
-    if spec.is_tiny:
-        from transformers.utils import logging as transformers_logging
+    directory = TWINS["ip-adapter-sdxl"](seed) if spec.is_tiny else None
+    where: dict[str, Any] = {"local_files_only": True} if directory is not None else (
+        {"revision": spec.revision} if spec.revision else {})
+    source = str(directory) if directory is not None else spec.id
+    from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()  # the twin's save/load bars are noise in a dry run
-        directory = TWINS["ip-adapter-sdxl"](seed)
-        try:
-            pipe.load_ip_adapter(str(directory), subfolder=subfolder, weight_name=weight_name, local_files_only=True)
-        finally:
+    transformers_logging.disable_progress_bar()  # the twin's save/load bars are noise in a dry run
+    try:
+        pipe.register_modules(image_encoder=load_ip_adapter_encoder(source, subfolder, pipe.unet.dtype, **where))
+        pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name, **where)
+    finally:
+        if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-            transformers_logging.enable_progress_bar()
-    else:
-        kwargs = {"revision": spec.revision} if spec.revision else {}
-        pipe.load_ip_adapter(spec.id, subfolder=subfolder, weight_name=weight_name, **kwargs)
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    if pipe.image_encoder is not None:
-        pipe.image_encoder.to(device, dtype)
+        transformers_logging.enable_progress_bar()
+    pipe.image_encoder.to(pipe.unet.device, pipe.unet.dtype)
+
+
+def load_ip_adapter_encoder(source: str, subfolder: str, dtype: Any, **where: Any) -> Any:
+    """The CLIP vision encoder an IP-Adapter repository ships in ``SUBFOLDER/image_encoder``, at ``revision``."""
+    from transformers import CLIPVisionModelWithProjection
+
+    folder = f"{subfolder}/image_encoder" if subfolder else "image_encoder"
+    return CLIPVisionModelWithProjection.from_pretrained(source, subfolder=folder, dtype=dtype, **where).eval()
 
 
 def set_scheduler(pipe: Any, name: str) -> str:

@@ -12,6 +12,7 @@ from crispedit.core.stats import stage_stats
 from crispedit.engine.run import apply_stage
 from crispedit.masks import soft
 from crispedit.masks.stages.ground import GroundParams, GroundStage
+from crispedit.models.pins import PINS
 
 CONTEXT = BuildContext(recipe_name="ground-test", fingerprint="f" * 16, seed=7, tiny=True)
 
@@ -75,5 +76,5 @@ def test_missing_keyword_and_missing_image_are_rejects_not_crashes(drawn_image: 
 
 def test_model_ids_and_score_columns_are_declared() -> None:
     stage = GroundStage(GroundParams(detector_model={"id": "org/dino", "revision": "abc"}), CONTEXT)
-    assert stage.model_ids() == {"detector_model": "org/dino@abc", "segmenter_model": "facebook/sam-vit-huge"}
+    assert stage.model_ids() == {"detector_model": "org/dino@abc", "segmenter_model": f"facebook/sam-vit-huge@{PINS['facebook/sam-vit-huge']}"}
     assert stage.score_columns() == ["ground_score"]

@@ -9,15 +9,11 @@ from pathlib import Path
 import pytest
 
 from crispedit.cli import main
+from crispedit.models.pins import PINS
 from crispedit.recipe import load_plan
 from tests.helpers.recipes import RECIPES
 
-REAL_IDS = {
-    "stabilityai/stable-diffusion-xl-base-1.0@462165984030d82259a11f4367a4eed129e94a7b",
-    "diffusers/controlnet-canny-sdxl-1.0@eb115a19a10d14909256db740ed109532ab1483c",
-    "h94/IP-Adapter@018e402774aeeddd60609b4ecdb7e298259dc729",
-    "diffusers/stable-diffusion-xl-1.0-inpainting-0.1@115134f363124c53c7d878647567d04daf26e41e",
-}
+REAL_IDS = {f"{model_id}@{commit}" for model_id, commit in PINS.items()}  # every real model at its verified pin
 
 
 @pytest.mark.parametrize("name", ["style", "crispedit", "world"])
