@@ -11,7 +11,9 @@ from crispedit.editors.edit_model import EditModelParams, EditModelStage
 from crispedit.engine.run import apply_stage
 from tests.helpers.stage_cases import pairs, photo
 
-PIPELINES = ["StableDiffusionInstructPix2PixPipeline", "FluxKontextPipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline"]
+#: The Qwen twins take ~5 s each (a VL text encoder per call): slow; pix2pix and Kontext run in every sweep.
+PIPELINES = ["StableDiffusionInstructPix2PixPipeline", "FluxKontextPipeline",
+             pytest.param("QwenImageEditPipeline", marks=pytest.mark.slow), pytest.param("QwenImageEditPlusPipeline", marks=pytest.mark.slow)]
 
 
 def editor(pipeline: str, max_batch: int = 2) -> EditModelStage:
