@@ -101,8 +101,13 @@ class EditModelStage(Stage[EditModelParams]):
 
     def model_ids(self) -> dict[str, str]:
         p = self.params
-        if self.context.tiny:
-            return {"edit_model": "tiny"}
+        if self.context.tiny:  # the twin of the model the recipe names: its terms still describe the real build
+            named = None
+            if p.backend == "openai" and p.openai is not None:
+                named = p.openai.model
+            elif p.backend == "diffusers" and p.diffusers is not None and (p.diffusers.model or p.diffusers.traits.model):
+                named = p.diffusers.spec().id
+            return {"edit_model": f"tiny:{named}" if named else "tiny"}
         if p.backend == "openai":
             assert p.openai is not None
             return {"edit_model": f"{p.openai.model} @ {scrub_url(p.openai.base_url)}"}
