@@ -34,6 +34,8 @@ def register(commands: Any) -> None:
     publish.add_argument("--private", action="store_true", help="create the repository private")
     publish.add_argument("--revision", default="main", help="branch to commit to (default main)")
     publish.add_argument("--partial", action="store_true", help="publish an incomplete build's committed shards")
+    publish.add_argument("--force-license", action="store_true",
+                         help="publish under the recipe's license: even where the models' terms contradict it (see the card's terms)")
     publish.add_argument("--no-rejects", dest="rejects", action="store_false", help="leave the rejects config out")
     publish.add_argument("--repack", choices=["auto", "always", "never"], default="auto",
                          help="auto: merge small shards and rewrite files that are not Hub-shaped; always; never (upload shards as they are)")
@@ -87,7 +89,7 @@ def _publish(args: argparse.Namespace) -> int:
         tree = plan_tree(
             args.out, partial=args.partial, rejects=args.rejects, repack=args.repack, file_bytes=args.file_bytes,
             row_group_bytes=args.row_group_bytes, repo_id=args.repo_id, examples=args.examples, seed=args.seed,
-            lookup_licenses=to_hub,
+            lookup_licenses=to_hub, force_license=args.force_license,
         )
         size = sum(item.size for item in tree)
         print(f"tree: {len(tree)} files, {size / 1e6:.1f} MB")

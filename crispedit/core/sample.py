@@ -28,6 +28,9 @@ TEXT_COLUMNS = (
     "task",
     "source_caption",
     "target_caption",
+    "instruction_original",
+    "instruction_short",
+    "instruction_translations",
 )
 
 
@@ -64,6 +67,12 @@ class Sample:
     task: str | None = None
     source_caption: str | None = None
     target_caption: str | None = None
+    #: What ``instruction`` said before a stage rewrote it (``recaption``), kept beside the new text.
+    instruction_original: str | None = None
+    #: The same edit in a few words (at most 12), where a stage wrote one.
+    instruction_short: str | None = None
+    #: JSON ``{"zh": {"long": ..., "short": ...}}``: the instruction in other languages, where a stage wrote them.
+    instruction_translations: str | None = None
     edit_objects: list[str] = field(default_factory=list)
     branch: str | None = None
     scores: dict[str, float | None] = field(default_factory=dict)

@@ -46,7 +46,8 @@ class LLMStage:
     """Mixin for a :class:`~crispedit.core.stage.Stage` whose params have ``llm`` (and maybe ``backend``).
 
     A stage with a ``backend`` parameter answers offline for ``backend: template`` and for any
-    backend under ``--tiny``; one without (the judge) always asks. The client is built once per
+    backend under ``--tiny``; one without (the judge) always asks its client, which under ``--tiny``
+    is the offline tiny model (``llm.model: tiny``, crispedit.models.tiny_llm). The client is built once per
     worker in ``setup()`` and never pickled (an actor rebuilds it).
     """
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from crispedit import __version__
 from crispedit.core.reader import read_columns
+from crispedit.models.terms import applied_terms
 from crispedit.ops.build_info import BuildInfo
 from crispedit.ops.plots import score_histograms
 from crispedit.publish.preview import read_sample, row_thumbnails, stratified_sample
@@ -421,6 +422,18 @@ def render_card(
         rows = [[_code(m), _text(lic)] for m, lic in licenses.items()]
         sections.append("## Models and their licences\n\nThe outputs of these models are in the data; their licences may bind its use.\n\n"
                         + _table(["model", "licence"], rows) + "\n")
+    terms = applied_terms(models)
+    if terms:
+        rows = [[_code(m), _text(t.name), "non-commercial only" if t.non_commercial else "any",
+                 _text("; ".join(t.output_terms) or "none stated")] for m, t in terms.items()]
+        strict = [f"- {_text(m)}: non-commercial use only ({_text(t.name)})." for m, t in terms.items() if t.non_commercial]
+        strict += [f"- {_text(clause)} ({_text(t.name)}, for {_text(m)})." for m, t in terms.items() for clause in t.output_terms]
+        sections.append(
+            "## Terms that apply\n\nThe models that made the data declare these terms; the effective terms of the dataset are the "
+            "strictest of them together (a `tiny:` model is the random-weight twin a test build ran in place of the model named).\n\n"
+            + _table(["model", "licence", "model use", "output terms"], rows) + "\n\n"
+            + ("Effective terms:\n\n" + "\n".join(strict) if strict else "No model adds a restriction on the outputs.") + "\n"
+        )
     sections.append(
         "## License\n\n"
         + (f"{_code(recipe_license(build))}, as the recipe declares." if recipe_license(build) != "other"

@@ -51,8 +51,9 @@ from crispedit.core.hub_parquet import hub_shape_problems, max_row_group_bytes, 
 from crispedit.core.outputs import MARKER, Claim, OutputRefused, claim, list_files, marker_for, owns, replace_folder, write_marker
 from crispedit.core.reader import Shard
 from crispedit.core.redact import scrub_text
+from crispedit.models.terms import applied_terms, license_conflicts
 from crispedit.ops.build_info import BuildInfo, read_build
-from crispedit.publish.card import ASSETS_DIR, ConfigFiles, render_card
+from crispedit.publish.card import ASSETS_DIR, ConfigFiles, recipe_license, render_card
 
 log = logging.getLogger("crispedit")
 
@@ -98,9 +99,18 @@ def plan_tree(
     seed: int = 0,
     lookup_licenses: bool = False,
     staging: Path | None = None,
+    force_license: bool = False,
 ) -> list[TreeFile]:
-    """The repository tree of a build; generated files (card, assets, repacked shards) go to ``staging``."""
+    """The repository tree of a build; generated files (card, assets, repacked shards) go to ``staging``.
+
+    A recipe ``license:`` that the models' terms contradict (crispedit.models.terms) is refused
+    unless ``force_license``: the card would offer the data under terms nobody may grant.
+    """
     build = read_build(out_dir)
+    conflicts = license_conflicts(recipe_license(build), applied_terms(sorted({m for s in build.stages for m in s.models.values()})))
+    if conflicts and not force_license:
+        raise PublishError(f"license: {recipe_license(build)} contradicts the models' terms ({'; '.join(conflicts)}); "
+                           "declare the licence the terms allow, or pass --force-license")
     if not build.complete and not partial:
         raise PublishError(
             f"{build.out_dir} is incomplete: {len(build.shards)} of {build.shards_total} shards committed"

@@ -11,6 +11,7 @@ from crispedit.classical import copy, stages  # noqa: F401
 from crispedit.core.source import SOURCES
 from crispedit.core.stage import STAGES
 from crispedit.dit4edit import stages as dit4edit_stages  # noqa: F401
+from crispedit.editors import edit_model, recaption  # noqa: F401
 from crispedit.filters import (  # noqa: F401
     clip_filter,
     dedupe,

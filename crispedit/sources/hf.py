@@ -23,10 +23,10 @@ from pydantic import Field
 from crispedit.core.source import register_source
 from crispedit.core.storage import is_url, split_url
 from crispedit.sources.parquet import ParquetFiles
-from crispedit.sources.records import Record, RecordSource, RemoteImageParams, cell_record
+from crispedit.sources.records import EditColumnsParams, Record, RecordSource, cell_record, pair_record
 
 
-class HFDatasetParams(RemoteImageParams):
+class HFDatasetParams(EditColumnsParams):
     path: str = Field(description="a dataset id on the Hub (user/name), a local dataset folder, or a save_to_disk directory")
     config: str | None = Field(None, description="the dataset configuration (the `name` argument of load_dataset)")
     split: str = Field("train", description="which split to read")
@@ -63,7 +63,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         builder = datasets.load_dataset_builder(p.path, p.config, revision=p.revision, storage_options=p.storage_options or None)
         files = self._parquet_files(builder)
         if files is not None:
-            reader = ParquetFiles(files, p.image_column, p.caption_column, p.cell_rules(p.base))
+            reader = ParquetFiles(files, p.image_column, p.caption_column, p.cell_rules(p.base), p.pair_columns())
             reader.layout(fresh=True)  # checks the columns now, where the error is clearest
             self._resolved = ("parquet", reader)
         elif p.streaming:
@@ -112,13 +112,14 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         import datasets
 
         p = self.params
-        wanted = [c for c in (p.image_column, p.caption_column) if c]
+        wanted = [c for c in (p.image_column, p.caption_column, *p.pair_columns().values()) if c]
         missing = [c for c in wanted if c not in dataset.column_names]
         if missing:
             raise ValueError(f"{p.path} has no column {missing[0]!r} (columns: {', '.join(dataset.column_names)})")
         dataset = dataset.select_columns(list(dict.fromkeys(wanted)))
-        if isinstance(dataset.features[p.image_column], datasets.Image):
-            dataset = dataset.cast_column(p.image_column, datasets.Image(decode=False))
+        for column in (p.image_column, p.target_column):
+            if column and isinstance(dataset.features[column], datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
         return dataset
 
     def _parquet_files(self, builder: Any) -> list[str] | None:
@@ -145,31 +146,34 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         route, value = self._route()
         if route == "parquet":
             return value.read(start, end)
+        roles = {"image": p.image_column, "caption": p.caption_column, **p.pair_columns()}
         if route == "arrow":
             rows = value[start:end]
-            images, captions = rows[p.image_column], rows[p.caption_column] if p.caption_column else [None] * (end - start)
+            columns = {role: rows[c] if c else [None] * (end - start) for role, c in roles.items()}
         else:
             builder, _ = value
             stream = self._stream(builder)
             chosen = list(islice(stream, start, end))
-            images = [row[p.image_column] for row in chosen]
-            captions = [row[p.caption_column] if p.caption_column else None for row in chosen]
+            columns = {role: [row[c] if c else None for row in chosen] for role, c in roles.items()}
             if len(chosen) < end - start:
                 raise RuntimeError(f"{p.path}[{p.split}] ended at row {start + len(chosen)}, before its recorded size")
         name = self._display_name()
         rules = p.cell_rules(p.base)
-        return [
-            cell_record(cell, f"{name}:row {row}", caption, rules)
-            for row, (cell, caption) in enumerate(zip(images, captions), start=start)
-        ]
+        out = []
+        for i, row in enumerate(range(start, end)):
+            record = cell_record(columns["image"][i], f"{name}:row {row}", columns["caption"][i], rules)
+            extra = {role: columns[role][i] for role in ("instruction", "target") if role in columns}
+            out.append(pair_record(record, rules, extra.get("instruction"), extra.get("target"), has_target="target" in columns))
+        return out
 
     def _stream(self, builder: Any) -> Any:
         import datasets
 
         p = self.params
         stream = builder.as_streaming_dataset(split=p.split)
-        if isinstance(stream.features and stream.features.get(p.image_column), datasets.Image):
-            stream = stream.cast_column(p.image_column, datasets.Image(decode=False))
+        for column in (p.image_column, p.target_column):
+            if column and isinstance(stream.features and stream.features.get(column), datasets.Image):
+                stream = stream.cast_column(column, datasets.Image(decode=False))
         return iter(stream)
 
     def _display_name(self) -> str:

@@ -17,18 +17,19 @@ from pydantic import Field, field_validator
 from crispedit.core.source import SourceError, register_source
 from crispedit.sources.records import (
     CellRules,
+    EditColumnsParams,
     InputFile,
     Record,
     RecordSource,
-    RemoteImageParams,
     cell_record,
     expand_inputs,
     image_kind,
     layout_key,
+    pair_record,
 )
 
 
-class ParquetParams(RemoteImageParams):
+class ParquetParams(EditColumnsParams):
     files: list[str] = Field(
         min_length=1,
         description="Parquet files, directories (searched for *.parquet) or globs; local paths or fsspec URLs "
@@ -71,7 +72,8 @@ class StaleLayout(RuntimeError):
 
 
 def parquet_layout(
-    specs: list[str], storage_options: dict[str, Any], image_column: str, caption_column: str | None, *, fresh: bool = False
+    specs: list[str], storage_options: dict[str, Any], image_column: str, caption_column: str | None, *, fresh: bool = False,
+    extra_columns: tuple[str, ...] = (),
 ) -> ParquetLayout:
     """Footers of every file (read in parallel), checked for the named columns.
 
@@ -79,7 +81,7 @@ def parquet_layout(
     ``fresh`` reads them again (``count()`` always does, so a new build never counts from an old
     layout).
     """
-    key = layout_key("parquet", specs, storage_options, image_column, caption_column)
+    key = layout_key("parquet", specs, storage_options, image_column, caption_column, *extra_columns)
     if not fresh and key in _LAYOUTS:
         return _LAYOUTS[key]
     files = expand_inputs(specs, (".parquet", ".parq"), storage_options)
@@ -95,7 +97,7 @@ def parquet_layout(
                 groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
         except (pa.ArrowException, OSError) as error:
             raise SourceError(f"{file.url}: not a readable Parquet file ({_first_line(error)})") from None
-        missing = [c for c in (image_column, caption_column) if c is not None and c not in schema.names]
+        missing = [c for c in (image_column, caption_column, *extra_columns) if c is not None and c not in schema.names]
         if missing:
             raise SourceError(f"{file.url} has no column {missing[0]!r} (columns: {', '.join(schema.names)})")
         try:
@@ -129,13 +131,16 @@ class ParquetFiles:
     image_column: str
     caption_column: str | None
     rules: CellRules
+    #: Role (``instruction``, ``target``) -> column, for an existing editing dataset.
+    pair_columns: dict[str, str] | None = None
 
     @property
     def storage_options(self) -> dict[str, Any]:
         return self.rules.storage_options
 
     def layout(self, fresh: bool = False) -> ParquetLayout:
-        return parquet_layout(self.specs, self.storage_options, self.image_column, self.caption_column, fresh=fresh)
+        extra = tuple((self.pair_columns or {}).values())
+        return parquet_layout(self.specs, self.storage_options, self.image_column, self.caption_column, fresh=fresh, extra_columns=extra)
 
     def read(self, start: int, end: int) -> list[Record]:
         """Records [start, end); a cached layout the files no longer match is read again, once."""
@@ -154,7 +159,8 @@ class ParquetFiles:
         records: list[Record] = []
         first_row = 0
         image, caption_column = self.image_column, self.caption_column
-        columns = [image] + ([caption_column] if caption_column and caption_column != image else [])
+        pairs = self.pair_columns or {}
+        columns = list(dict.fromkeys([image, *([caption_column] if caption_column else []), *pairs.values()]))
         for file, groups in zip(layout.files, layout.group_rows):
             rows = sum(groups)
             lo, hi = max(start, first_row) - first_row, min(end, first_row + rows) - first_row
@@ -175,8 +181,11 @@ class ParquetFiles:
                 table = parquet.read_row_groups(wanted, columns=columns).slice(lo - offset, hi - lo)
             images = table.column(image).to_pylist()
             captions = table.column(caption_column).to_pylist() if caption_column else [None] * len(images)
-            for row, (cell, caption) in enumerate(zip(images, captions), start=lo):
-                records.append(cell_record(cell, f"{file.ref}:row {row}", caption, self.rules))
+            instructions = table.column(pairs["instruction"]).to_pylist() if "instruction" in pairs else [None] * len(images)
+            targets = table.column(pairs["target"]).to_pylist() if "target" in pairs else [None] * len(images)
+            for row, (cell, caption, instruction, target) in enumerate(zip(images, captions, instructions, targets), start=lo):
+                record = cell_record(cell, f"{file.ref}:row {row}", caption, self.rules)
+                records.append(pair_record(record, self.rules, instruction, target, has_target="target" in pairs))
         return records
 
 
@@ -188,7 +197,7 @@ class ParquetSource(RecordSource[ParquetParams]):
 
     def _files(self) -> ParquetFiles:
         p = self.params
-        return ParquetFiles(p.files, p.image_column, p.caption_column, p.cell_rules(p.base))
+        return ParquetFiles(p.files, p.image_column, p.caption_column, p.cell_rules(p.base), p.pair_columns())
 
     def record_count(self) -> int:
         return self._files().layout(fresh=True).total

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -45,14 +45,34 @@ class RemoteImageParams(ImageSourceParams):
         return CellRules(base, self.absolute_paths, self.max_bytes, dict(self.storage_options))
 
 
+class EditColumnsParams(RemoteImageParams):
+    """A collection that may already be an editing dataset: its instruction and its (old) target per row."""
+
+    instruction_column: str | None = Field(
+        None, description="the instruction column of an existing editing dataset (re-editing it), or null",
+    )
+    target_column: str | None = Field(
+        None, description="the target image column of an existing editing dataset (its old edit), stored as the image column is; or null",
+    )
+
+    def pair_columns(self) -> dict[str, str]:
+        """Role -> column of what the rows carry beyond the image and its caption."""
+        return {k: v for k, v in (("instruction", self.instruction_column), ("target", self.target_column)) if v}
+
+
 @dataclass(frozen=True)
 class Record:
-    """One image of a collection, not yet decoded. ``problem`` ("category: detail") replaces missing bytes."""
+    """One image of a collection, not yet decoded. ``problem`` ("category: detail") replaces missing bytes.
+
+    An editing dataset's row also carries its ``instruction`` and its ``target`` (a Record of its own).
+    """
 
     ref: str
     caption: str | None
     data: bytes | None = None
     problem: str | None = None
+    instruction: str | None = None
+    target: Record | None = None
 
 
 RP = TypeVar("RP", bound=RemoteImageParams)
@@ -66,6 +86,10 @@ class RecordSource(Source[RP]):
         found = {"source_image", "source_caption", "meta.image_index", "meta.variant"}
         if getattr(self.params, "caption_column", "") is None:
             found.discard("source_caption")
+        if getattr(self.params, "instruction_column", None):
+            found.add("instruction")
+        if getattr(self.params, "target_column", None):
+            found.add("target_image")
         return found
 
     @abstractmethod
@@ -98,10 +122,18 @@ class RecordSource(Source[RP]):
         if len(records) != last - first:
             raise RuntimeError(f"{self.kind}: asked for records {first}..{last}, got {len(records)}")
         decoded = [self._decode(record) for record in records]
+        targets = [self._decode(record.target) if record.target is not None else None for record in records]
         samples = []
         for index in range(start, end):
             record = records[index // per - first]
-            samples.append(item_sample(self, index, per, record.ref, record.caption, decoded[index // per - first]))
+            sample = item_sample(self, index, per, record.ref, record.caption, decoded[index // per - first])
+            sample.instruction = record.instruction
+            target = targets[index // per - first]
+            if isinstance(target, str):
+                sample.fail(self.name, f"target image: {target}")
+            elif target is not None:
+                sample.target_image = target[0]
+            samples.append(sample)
         return samples
 
     def _decode(self, record: Record) -> tuple[np.ndarray, list[str]] | str:
@@ -240,6 +272,13 @@ class CellRules:
         if where.is_local and not self.absolute_paths and not where.inside(root):
             raise UnsafePathError(f"{value!r} is outside {root.url}; set base, or absolute_paths: true")
         return where.url
+
+
+def pair_record(record: Record, rules: CellRules, instruction: Any = None, target: Any = None, *, has_target: bool = False) -> Record:
+    """``record`` with an editing dataset's instruction and target cell (read within ``rules``) attached."""
+    text = None if instruction is None else str(instruction)
+    old = cell_record(target, f"{record.ref} (target)", None, rules) if has_target else None
+    return replace(record, instruction=text, target=old) if (text is not None or old is not None) else record
 
 
 def cell_record(cell: Any, ref: str, caption: Any, rules: CellRules) -> Record:

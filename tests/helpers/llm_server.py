@@ -82,7 +82,7 @@ class LLMServer:
         self.max_in_flight = 0
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", port), _handler_for(self))
+        self._httpd = QueuedServer(("127.0.0.1", port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     # -- control ---------------------------------------------------------------------------
@@ -204,7 +204,9 @@ class LLMServer:
         return 200, {}, _completion(body, content, refusal)
 
 
-class _Server(ThreadingHTTPServer):
+class QueuedServer(ThreadingHTTPServer):
+    """A thread per connection and a deep accept queue (tests/helpers/image_edit_server.py serves on it too)."""
+
     daemon_threads = True
     request_queue_size = 256  # many clients connect at once; the default backlog of 5 stalls them
     allow_reuse_address = True
@@ -250,19 +252,24 @@ def _handler_for(server: LLMServer) -> type[BaseHTTPRequestHandler]:
             self._send(status, headers, payload)
 
         def _send(self, status: int, headers: dict[str, str], payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client gave up (a timeout): nothing to do
+            send_json(self, status, headers, payload)
 
     return Handler
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], payload: Any) -> None:
+    """One JSON answer with its headers; a client that gave up (a timeout) is nothing to do."""
+    data = json.dumps(payload).encode("utf-8")
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        handler.close_connection = True
 
 
 # --- answers ------------------------------------------------------------------------------

@@ -270,3 +270,11 @@ STAGE_CASES["dit4edit"] = StageCase(
     {"checkpoints": [{"model": "tiny", "max_pixels": 4096}], "text_model": "tiny", "sizes": ["32x32"], "steps": 4, "merge_ratio": 0.5},
     lambda: with_masks(2)[:1] + pairs(2)[1:],
 )
+
+
+# --- editors (crispedit/editors): InstructPix2Pix's tiny twin (the fastest), the input's own target kept as a candidate ---
+STAGE_CASES["edit_model"] = StageCase(
+    {"candidates": 2, "keep_existing": True, "diffusers": {"pipeline": "StableDiffusionInstructPix2PixPipeline", "max_batch": 2}},
+    lambda: pairs(2),
+)
+STAGE_CASES["recaption"] = StageCase({"backend": "template", "languages": ["zh"]}, pairs)

@@ -322,7 +322,7 @@ def test_the_client_pickles_without_its_connections(server: LLMServer, make_clie
 def test_a_token_budget_makes_a_big_request_wait_for_what_it_overdrew() -> None:
     import asyncio
 
-    from crispedit.models.llm import _Bucket
+    from crispedit.models.endpoint import Bucket as _Bucket
 
     async def timed() -> tuple[float, float]:
         bucket = _Bucket(60_000)  # 1,000 tokens a second, a bucket of one second's worth
