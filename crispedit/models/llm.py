@@ -110,6 +110,8 @@ class LLMAnswer:
     value: BaseModel | None
     error: str | None
     usage: dict[str, float] = field(default_factory=dict)
+    #: the last answer's text when it stayed invalid (kept for the reject row, never turned into a value)
+    raw: str | None = None
 
 
 class LLMConfigError(RuntimeError):
@@ -318,6 +320,7 @@ class LLMClient:
         messages = list(request.messages)
         value: BaseModel | None = None
         error: str | None = None
+        raw: str | None = None
         for round_ in range(self.settings.max_invalid_retries + 1):
             reply = await self._complete(messages, request, usage)
             if isinstance(reply, str):  # a 4xx the sample caused
@@ -330,13 +333,14 @@ class LLMClient:
                 error = f"llm-refusal: {_clip(str(refusal))}"
                 break
             except _InvalidAnswer as invalid:
+                raw = _clip(reply.content or "")
                 error = f"llm-invalid: {_clip(str(invalid))} (after {round_ + 1} answers)"
                 if round_ < self.settings.max_invalid_retries:
                     usage.retries += 1
                     messages = [*messages, {"role": "assistant", "content": reply.content or ""}, _feedback(invalid)]
         if value is not None:
-            error = None
-        answer = LLMAnswer(value=value, error=self._scrub(error), usage=usage.as_dict(self.settings, cached=False))
+            error = raw = None
+        answer = LLMAnswer(value=value, error=self._scrub(error), usage=usage.as_dict(self.settings, cached=False), raw=self._scrub(raw))
         if key is not None:
             self._write_cache(key, answer, usage)
         return answer
@@ -451,7 +455,7 @@ class LLMClient:
             return None  # absent or unreadable: ask again (and overwrite it)
         if value is None and not stored.get("error"):
             return None
-        return LLMAnswer(value=value, error=stored.get("error"), usage=_Usage().as_dict(self.settings, cached=True))
+        return LLMAnswer(value=value, error=stored.get("error"), usage=_Usage().as_dict(self.settings, cached=True), raw=stored.get("raw"))
 
     def _write_cache(self, key: str, answer: LLMAnswer, usage: _Usage) -> None:
         path = self._cache_path(key)
@@ -459,6 +463,7 @@ class LLMClient:
         record = {
             "value": answer.value.model_dump(mode="json") if answer.value is not None else None,
             "error": answer.error,
+            "raw": answer.raw,
             "model": self.settings.model,
             "tokens_in": usage.tokens_in,
             "tokens_out": usage.tokens_out,
