@@ -16,12 +16,26 @@ def register(commands: Any) -> None:
         "--filters; loosening brings rejects back, tightening drops rows. Same input, same filters: the same bytes.",
     )
     refilter.add_argument("out", help="the build's output directory (or URL)")
-    refilter.add_argument("--filters", required=True, help="a filter chain: a file, or a bundled name (basic, ip2p, ultraedit, mllm_judge)")
+    refilter.add_argument("--filters", help="a filter chain: a file, or a bundled name (basic, ip2p, ultraedit, mllm_judge); "
+                          "without it, the build's own chain")
+    refilter.add_argument("--threshold-from-survival", action="append", default=[], metavar="SCORE",
+                          help="also reject pairs below SCORE's survival knee (see `crispedit report`); repeatable")
     refilter.add_argument("--to", required=True, help="where to write the new dataset")
     refilter.add_argument("--overwrite", action="store_true", help="replace a different dataset at --to")
     refilter.add_argument("--no-plots", action="store_true", help="skip the score histograms")
     refilter.add_argument("--json", action="store_true", help="print the report as JSON")
     refilter.set_defaults(func=_refilter)
+
+    report = commands.add_parser(
+        "report",
+        help="survival curves with a suggested threshold per score, agreement between scores, and with a human audit set",
+        description="Writes OUT/report.json and OUT/survival-SCORE.png from the build's kept scores (rejects included); no model.",
+    )
+    report.add_argument("out", help="the build's output directory (or URL: then nothing is written, the report is printed)")
+    report.add_argument("--audit", help="a Parquet of human labels: columns id (a row id of the build) and label (true = good pair)")
+    report.add_argument("--no-plots", action="store_true", help="skip the survival PNGs")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.set_defaults(func=_report)
 
     dedupe = commands.add_parser(
         "dedupe",
@@ -39,13 +53,45 @@ def register(commands: Any) -> None:
 
 def _refilter(args: argparse.Namespace) -> int:
     from crispedit.ops.refilter import RefilterError, refilter
+    from crispedit.ops.report import ReportError
 
+    if args.filters is None and not args.threshold_from_survival:
+        print("error: refilter needs --filters, --threshold-from-survival or both", file=sys.stderr)
+        return 2
     try:
-        report = refilter(args.out, args.filters, args.to, overwrite=args.overwrite, plots=not args.no_plots)
-    except (RefilterError, FileNotFoundError) as error:
+        report = refilter(args.out, args.filters, args.to, overwrite=args.overwrite, plots=not args.no_plots,
+                          survival=args.threshold_from_survival)
+    except (RefilterError, ReportError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print(report, args.json)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from crispedit.ops.refilter import RefilterError
+    from crispedit.ops.report import ReportError, report
+
+    try:
+        found = report(args.out, args.audit, plots=not args.no_plots)
+    except (ReportError, RefilterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    for column, s in found["scores"].items():
+        knee = f"knee {s['knee']:g} keeps {s['kept_at_knee']:.1%}" if s["knee"] is not None else "no knee"
+        bound = f"; build min {s['threshold']:g} keeps {s['kept_at_threshold']:.1%}" if s["threshold"] is not None else ""
+        print(f"{column}: {s['scored']} scored, {knee}{bound}")
+    for pair in found["agreement"]:
+        rho = "n/a" if pair["spearman"] is None else f"{pair['spearman']:.3f}"
+        k = "n/a" if pair["kappa"] is None else f"{pair['kappa']:.3f}"
+        print(f"{pair['a']} ~ {pair['b']}: spearman {rho}, kappa {k} on {pair['pairs']} pairs")
+    for column, a in found.get("audit", {}).get("scores", {}).items():
+        acc = "n/a" if a["accuracy"] is None else f"{a['accuracy']:.1%}"
+        k = "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}"
+        print(f"audit {column} >= {a['cut']:g}: accuracy {acc}, kappa {k}, {a['confusion']}")
     return 0
 
 

@@ -22,9 +22,9 @@ from typing import Literal
 #: Where the bundled presets live (package data).
 BUNDLED = Path(__file__).resolve().parents[1] / "presets"
 
-Kind = Literal["filters", "prompts", "mgt"]
+Kind = Literal["filters", "prompts", "mgt", "judges"]
 #: kind -> (folder under BUNDLED, the suffix a bare name gets)
-_KINDS: dict[str, tuple[str, str]] = {"filters": ("filters", ".yaml"), "prompts": ("filters", ".txt"), "mgt": ("mgt", ".yaml")}
+_KINDS: dict[str, tuple[str, str]] = {"filters": ("filters", ".yaml"), "prompts": ("filters", ".txt"), "mgt": ("mgt", ".yaml"), "judges": ("judges", ".yaml")}
 
 
 class PresetNotFound(FileNotFoundError):

@@ -105,6 +105,8 @@ class LLMAnswer:
     value: BaseModel | None
     error: str | None
     usage: dict[str, float] = field(default_factory=dict)
+    #: the last answer's text when it stayed invalid (kept for the reject row, never turned into a value)
+    raw: str | None = None
 
 
 #: The old name of :class:`crispedit.models.endpoint.EndpointConfigError` (the CLI catches it).
@@ -223,6 +225,7 @@ class LLMClient(EndpointClient):
         messages = list(request.messages)
         value: BaseModel | None = None
         error: str | None = None
+        raw: str | None = None
         for round_ in range(self.settings.max_invalid_retries + 1):
             reply = await self._complete(messages, request, usage)
             if isinstance(reply, str):  # a 4xx the sample caused
@@ -235,13 +238,14 @@ class LLMClient(EndpointClient):
                 error = f"llm-refusal: {_clip(str(refusal))}"
                 break
             except _InvalidAnswer as invalid:
+                raw = _clip(reply.content or "")
                 error = f"llm-invalid: {_clip(str(invalid))} (after {round_ + 1} answers)"
                 if round_ < self.settings.max_invalid_retries:
                     usage.retries += 1
                     messages = [*messages, {"role": "assistant", "content": reply.content or ""}, _feedback(invalid)]
         if value is not None:
-            error = None
-        answer = LLMAnswer(value=value, error=self.scrub(error), usage=usage.as_dict(self.settings, cached=False))
+            error = raw = None
+        answer = LLMAnswer(value=value, error=self.scrub(error), usage=usage.as_dict(self.settings, cached=False), raw=self.scrub(raw))
         if key is not None:
             self._write_cache(key, answer, usage)
         return answer
@@ -309,12 +313,13 @@ class LLMClient(EndpointClient):
             return None  # an answer of another schema: ask again (and overwrite it)
         if value is None and not stored.get("error"):
             return None
-        return LLMAnswer(value=value, error=stored.get("error"), usage=_Usage().as_dict(self.settings, cached=True))
+        return LLMAnswer(value=value, error=stored.get("error"), usage=_Usage().as_dict(self.settings, cached=True), raw=stored.get("raw"))
 
     def _write_cache(self, key: str, answer: LLMAnswer, usage: _Usage) -> None:
         self.cache.write(key, {
             "value": answer.value.model_dump(mode="json") if answer.value is not None else None,
             "error": answer.error,
+            "raw": answer.raw,
             "model": self.settings.model,
             "tokens_in": usage.tokens_in,
             "tokens_out": usage.tokens_out,

@@ -77,20 +77,23 @@ class Prompts:
         return cls(*read)
 
 
-def questions(prompts: Prompts, source: Any, edited: Any, instruction: str | None, max_side: int) -> list[tuple[str, Any]]:
+def user_message(text: str, images: list[Any], max_side: int) -> list[dict[str, Any]]:
+    """One user turn: the text, then each image as a data URL scaled to ``max_side``."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": image_url(i, max_side)}} for i in images]
+    return [{"role": "user", "content": parts}]
+
+
+def questions(prompts: Prompts, source: Any, edited: Any, instruction: str | None, max_side: int,
+              seed: int | None = None) -> list[tuple[str, Any]]:
     """(question, LLMRequest) for one edit: semantics when there is a source and an instruction, quality always."""
     from crispedit.models.llm import LLMRequest
-
-    def messages(text: str, images: list[Any]) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-        parts += [{"type": "image_url", "image_url": {"url": image_url(i, max_side)}} for i in images]
-        return [{"role": "user", "content": parts}]
 
     out: list[tuple[str, Any]] = []
     if source is not None and instruction:
         text = prompts.semantics.replace(INSTRUCTION_SLOT, instruction)
-        out.append(("semantics", LLMRequest(messages(text, [source, edited]), SemanticsAnswer)))
-    out.append(("quality", LLMRequest(messages(prompts.quality, [edited]), QualityAnswer)))
+        out.append(("semantics", LLMRequest(user_message(text, [source, edited], max_side), SemanticsAnswer, seed=seed)))
+    out.append(("quality", LLMRequest(user_message(prompts.quality, [edited], max_side), QualityAnswer, seed=seed)))
     return out
 
 

@@ -93,3 +93,36 @@ def score_histograms(
         if score_histogram(kept, rejected, column, thresholds.get(column), path):
             made[column] = path
     return made
+
+
+def survival_plots(values: dict[str, np.ndarray], thresholds: dict[str, float], folder: Path, prefix: str = "survival-") -> dict[str, Path]:
+    """One PNG per score: kept fraction vs threshold, the knee (dotted) and the build's bound (dashed); column -> file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from crispedit.ops.agreement import survival
+
+    made = {}
+    for column, v in values.items():
+        curve = survival(v)
+        if curve.thresholds.size == 0:
+            continue
+        figure = Figure(figsize=(6.4, 3.4), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot(1, 1, 1)
+        axes.step(curve.thresholds, curve.kept, where="post", linewidth=1.6, label=f"kept fraction ({int(np.isfinite(v).sum())} scored)")
+        if curve.knee is not None:
+            axes.axvline(curve.knee, color="seagreen", linestyle=":", linewidth=1.4, label=f"knee {curve.knee:g} keeps {curve.kept_at(curve.knee):.0%}")
+        if column in thresholds:
+            axes.axvline(thresholds[column], color="crimson", linestyle="--", linewidth=1.2, label=f"build min {thresholds[column]:g}")
+        axes.set_ylim(0, 1.02)
+        axes.set_title(f"survival of {column}", fontsize=10)
+        axes.set_xlabel(f"min {column}")
+        axes.set_ylabel("kept fraction")
+        axes.legend(fontsize=7, loc="best")
+        figure.tight_layout()
+        path = folder / f"{prefix}{column}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+        made[column] = path
+    return made

@@ -54,12 +54,12 @@ def _read_chain_file(path: Path) -> list[dict[str, Any]]:
     return [dict(s) for s in data["stages"] if isinstance(s, dict)]
 
 
-def new_chain(pipeline: list[StageInfo], filters: Path, reader: BuildReader) -> list[StageInfo]:
+def new_chain(pipeline: list[StageInfo], filters: Path | None, reader: BuildReader) -> list[StageInfo]:
     """The filters to decide with: the build's, in order, with ``filters``' parameters where they name them."""
     tiny = bool(reader.manifest.get("tiny"))
     context = BuildContext(recipe_name=str(reader.manifest.get("recipe") or reader.recipe.get("name") or ""),
                            fingerprint=reader.fingerprint, seed=int(reader.recipe.get("seed") or 0), tiny=tiny)
-    given = [_given(raw, context, tiny, filters) for raw in _read_chain_file(filters)]
+    given = [] if filters is None else [_given(raw, context, tiny, filters) for raw in _read_chain_file(filters)]
     chain = [ref for ref in pipeline if ref.is_filter]
     by_name = {ref.name: i for i, ref in enumerate(chain)}
     appended: list[StageInfo] = []
@@ -111,24 +111,50 @@ def _renamed(stage: Any, name: str) -> Any:
     return stage
 
 
-def _decide(chain: list[StageInfo], row: dict[str, Any], columns: list[str]) -> Verdict:
+def _decide(chain: list[StageInfo], row: dict[str, Any], columns: list[str], knees: dict[str, float] | None = None) -> Verdict:
     scores = {c: row.get(c) for c in columns}
     for ref in chain:
         stage = ref.stage
         assert isinstance(stage, FilterStage)
         reason = stage.decide({c: scores.get(c) for c in stage.score_columns()})
+        if reason is None:
+            reason = _below_knee(stage, scores, knees or {})
         if reason is not None:
             provenance = json.loads(row.get("provenance") or "{}")
             return Verdict(ref.name, stage.annotate(reason, provenance))
     return KEEP
 
 
-def refilter(src: str | Path, filters: str | Path, dst: str | Path, overwrite: bool = False, plots: bool = True) -> dict[str, Any]:
-    """Write ``dst``: ``src`` decided again with the filter parameters of ``filters`` (see the module docstring)."""
+def _below_knee(stage: FilterStage, scores: dict[str, Any], knees: dict[str, float]) -> str | None:
+    """The survival-knee threshold of a score this stage owns (``--threshold-from-survival``)."""
+    for column in stage.score_columns():
+        if column in knees:
+            value = scores.get(column)
+            if value is None or value != value:
+                return f"below survival knee: {column} missing"
+            if value < knees[column]:
+                return f"below survival knee: {column} {value:g} < {knees[column]:g}"
+    return None
+
+
+def refilter(src: str | Path, filters: str | Path | None, dst: str | Path, overwrite: bool = False, plots: bool = True,
+             survival: list[str] | None = None) -> dict[str, Any]:
+    """Write ``dst``: ``src`` decided again with the filter parameters of ``filters`` (see the module docstring).
+
+    ``survival`` names scores whose survival knee (crispedit.ops.report) becomes a further lower bound, applied by
+    the chain's stage that owns the score; ``filters`` None keeps the build's own chain.
+    """
+    from crispedit.ops.report import knee_of
+
     reader = open_build(src)
     check_target(src, dst, "refilter")
     pipeline = build_stages(reader)
-    chain = new_chain(pipeline, find_preset("filters", filters), reader)
+    chain = new_chain(pipeline, find_preset("filters", filters) if filters is not None else None, reader)
+    knees = {column: knee_of(src, column) for column in survival or []}
+    owned = {c for ref in chain for c in ref.stage.score_columns()}  # type: ignore[union-attr]
+    for column in knees:
+        if column not in owned:
+            raise RefilterError(f"--threshold-from-survival {column}: no filter of the chain scores it (it scores {', '.join(sorted(owned))})")
     names = [ref.name for ref in pipeline]
     filters_after = {}
     for i, ref in enumerate(pipeline):
@@ -138,7 +164,7 @@ def refilter(src: str | Path, filters: str | Path, dst: str | Path, overwrite: b
 
     def verdict(row: dict[str, Any]) -> Verdict | None:
         if row["reason"] is None or (row["stage"] in restorable and row["has_images"]):
-            return _decide(chain, row, columns)
+            return _decide(chain, row, columns, knees)
         return None
 
     def restats(old: list[dict[str, Any]], decided: list[tuple[dict[str, Any], Verdict]]) -> list[dict[str, Any]]:
@@ -169,7 +195,7 @@ def refilter(src: str | Path, filters: str | Path, dst: str | Path, overwrite: b
         return out
 
     recipe = _effective_recipe(reader.recipe, pipeline, chain)
-    note = {"refilter": str(Path(filters)), "chain": [{"name": f.name, "kind": f.kind, "params": f.params} for f in chain]}
+    note = {"refilter": str(Path(filters)) if filters is not None else None, "knees": knees, "chain": [{"name": f.name, "kind": f.kind, "params": f.params} for f in chain]}
     return rewrite_build(src, dst, verdict, restats=restats, recipe=recipe, overwrite=overwrite, note=note,
                          stages=_effective_stages(pipeline, chain), plots=plots)
 

@@ -291,6 +291,7 @@ def _write_pages(build: BuildInfo, target: Path, pairs: int, rejects_per_group: 
     kept = read_columns(data_paths, [*score_columns, "task"])
     rejected = read_columns(reject_paths, [*score_columns, "task"]) if reject_paths else None
     plots = score_histograms(kept, rejected, score_columns, build.thresholds, target / "plots")
+    plots.update({f"survival of {c}": p for c, p in _survival_plots(kept, rejected, score_columns, build.thresholds, target).items()})
 
     page_data = {
         "name": build.name,
@@ -315,6 +316,19 @@ def _write_pages(build: BuildInfo, target: Path, pairs: int, rejects_per_group: 
     _copy_static(target, build.name)
     files = [p for p in target.rglob("*") if p.is_file()]
     return PreviewResult(target, len(entries), examples, len(files), sum(p.stat().st_size for p in files))
+
+
+def _survival_plots(kept: Any, rejected: Any, columns: list[str], thresholds: dict[str, Any], target: Path) -> dict[str, Path]:
+    """``crispedit report``'s survival curves (kept fraction vs threshold, with the knee) beside the histograms."""
+    from crispedit.ops.plots import survival_plots
+
+    values = {}
+    for column in columns:
+        parts = [t.column(column).to_numpy(zero_copy_only=False).astype(np.float64) for t in (kept, rejected)
+                 if t is not None and column in t.column_names]
+        values[column] = np.concatenate(parts) if parts else np.array([])
+    lower = {c: b[0] for c, b in thresholds.items() if b[0] is not None}
+    return survival_plots(values, lower, target / "plots")
 
 
 PAGES = {"index.html": ("pairs", "Pairs"), "rejects.html": ("rejects", "Rejects"), "summary.html": ("summary", "Summary")}

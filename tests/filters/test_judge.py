@@ -147,3 +147,80 @@ def test_score_rejects_false_skips_pairs_already_rejected(server: LLMServer) -> 
     batch[0].fail("clip_filter", "wrong direction: clip_dir 0.1 < 0.2", filtered=True)
     out = apply_stage(stage(server, score_rejects=False), "judge", batch, batch_size=8)
     assert out[0].scores == {} and server.count == 4
+
+
+def reward_model(body: dict[str, Any]) -> dict[str, Any]:
+    """An EditScore-style server: the answer moves with the seed (seed 0 -> 20/15, 1 -> 21/16, ...), as sampling would."""
+    schema = request_schema(body)
+    shift = float(body.get("seed") or 0) % 5
+    if "semantics" in schema["properties"]:
+        return {"reasoning": f"seed {body.get('seed')}", "semantics": 20.0 + shift, "quality": 15.0 + shift}
+    return judge(body)
+
+
+def test_reward_model_passes_are_distinct_seeded_requests_with_mean_and_spread(tmp_path: Path) -> None:
+    with LLMServer(responder=reward_model) as server:
+        def make() -> JudgeStage:
+            llm = {"base_url": server.url, "model": "editscore-7b", "api_key_env": None, "temperature": 0.7, "seed": 0,
+                   "max_retries": 1, "max_invalid_retries": 1, "backoff_initial": 0.01, "backoff_max": 0.02}
+            made = JudgeStage(JudgeParams.model_validate({"llm": llm, "rubric": "editscore", "passes": 3, "min_overall": 5}),
+                              BuildContext("judge", "judge", 0, cache_dir=tmp_path))
+            made.setup()
+            return made
+
+        judged = make()
+        assert judged.score_columns() == ["editscore_semantics", "editscore_quality", "editscore_overall", "editscore_semantics_std",
+                                          "editscore_quality_std", "editscore_overall_std"]
+        out = apply_stage(judged, "judge", samples()[:2], batch_size=8)
+        assert server.count == 6  # 2 pairs x 3 passes, one question each
+        seeds = sorted(r["seed"] for r in server.requests)
+        assert seeds == [0, 0, 1, 1, 2, 2] and all(r["temperature"] == 0.7 for r in server.requests)
+        sky = out[0].scores
+        semantics = [10 * (20 + k) / 25 for k in range(3)]  # 0-25 mapped to 0-10
+        assert sky["editscore_semantics"] == pytest.approx(np.mean(semantics))
+        assert sky["editscore_semantics_std"] == pytest.approx(np.std(semantics))
+        overall = [math.sqrt(10 * (20 + k) / 25 * 10 * (15 + k) / 25) for k in range(3)]
+        assert sky["editscore_overall"] == pytest.approx(np.mean(overall)) and out[0].alive
+        assert out[0].provenance["judge"]["reasoning"] == ["seed 0", "seed 1", "seed 2"]
+        # the rerun is answered from the cache: no request at all, the same scores
+        server.reset()
+        again = apply_stage(make(), "judge", samples()[:2], batch_size=8)
+        assert server.count == 0 and [s.scores for s in again] == [s.scores for s in out]
+
+
+@pytest.mark.parametrize("rubric, columns", [("editreward", ["editreward_instruction_following", "editreward_visual_quality"]),
+                                             ("imgedit", ["imgedit_compliance", "imgedit_naturalness", "imgedit_preservation"])])
+def test_every_bundled_rubric_maps_its_range_to_ten(server: LLMServer, rubric: str, columns: list[str]) -> None:
+    out = apply_stage(stage(server, rubric=rubric), "judge", samples()[:1], batch_size=8)
+    schema = request_schema(server.requests[0])
+    # the scripted server fills a schema's numbers with its minimum: the low end of the range is 0 on our scale
+    assert set(schema["properties"]) == {"reasoning", *(c.split("_", 1)[1] for c in columns)}
+    assert all(schema["properties"][c.split("_", 1)[1]]["minimum"] >= 1 for c in columns)
+    assert set(out[0].scores) == {*columns, f"{rubric}_overall"}
+
+
+def test_an_answer_out_of_range_is_a_reject_with_its_raw_text_never_a_score(tmp_path: Path) -> None:
+    def too_high(body: dict[str, Any]) -> dict[str, Any]:
+        return {"reasoning": "great", "semantics": 30, "quality": 12}  # 30 is outside EditScore's 0-25
+
+    with LLMServer(responder=too_high) as server:
+        llm = {"base_url": server.url, "model": "editscore-7b", "api_key_env": None, "temperature": 0.7,
+               "max_retries": 1, "max_invalid_retries": 2, "backoff_initial": 0.01, "backoff_max": 0.02}
+        judged = JudgeStage(JudgeParams.model_validate({"llm": llm, "rubric": "editscore", "passes": 2}),
+                            BuildContext("judge", "judge", 0, cache_dir=tmp_path))
+        judged.setup()
+        out = apply_stage(judged, "judge", samples()[:1], batch_size=8)
+        assert server.count == 2 * 3  # each pass asked again twice with the error fed back
+    pair = out[0]
+    assert all(v is None for v in pair.scores.values()) and not pair.alive
+    assert pair.reject.reason.startswith("no judge score")
+    assert '"semantics": 30' in pair.provenance["judge"]["raw"] or '"semantics":30' in pair.provenance["judge"]["raw"]
+    assert "llm-invalid" in pair.provenance["judge"]["error"]
+
+
+def test_passes_at_temperature_zero_and_viescore_bounds_with_a_rubric_are_refused(server: LLMServer) -> None:
+    llm = {"base_url": server.url, "model": "m", "api_key_env": None, "temperature": 0.0}
+    with pytest.raises(ValueError, match="temperature > 0"):
+        JudgeParams.model_validate({"llm": llm, "passes": 2})
+    with pytest.raises(ValueError, match="min_overall or min_scores"):
+        JudgeParams.model_validate({"llm": llm, "rubric": "imgedit", "min_semantics": 5})

@@ -63,7 +63,7 @@ def test_preview_files(build: Path) -> None:
             assert (folder / relative).read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG thumbnails, as files
         assert entry["provenance"]["recipe"] == "quickstart"
     assert data["reject_groups"] and data["reject_groups"][0]["examples"]
-    assert [p["file"] for p in data["plots"]] == ["plots/hist-pixel_l1.png"]
+    assert [p["file"] for p in data["plots"]] == ["plots/hist-pixel_l1.png", "plots/survival-pixel_l1.png"]  # crispedit report's curve too
     assert {s["stage"] for s in data["summary"]["stages"]} >= {"source", "pixel_change"}
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 2_000_000
     # a second run replaces the pages instead of accumulating thumbnails

@@ -186,7 +186,7 @@
     }
     main.appendChild(pipeline);
     const plots = el("div", { className: "plots" });
-    for (const plot of data.plots) plots.appendChild(el("img", { src: plot.file, alt: "histogram of " + plot.column }));
+    for (const plot of data.plots) plots.appendChild(el("img", { src: plot.file, alt: plot.column.startsWith("survival of ") ? plot.column : "histogram of " + plot.column }));
     main.appendChild(plots);
   }
 
