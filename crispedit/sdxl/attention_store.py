@@ -18,7 +18,6 @@ SDXL specifics this module handles:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,9 +145,9 @@ class AttentionStore:
 
     def map_shape(self, sequence_length: int) -> tuple[int, int]:
         """The (h, w) grid of a layer from its query count and the latent's shape."""
-        height, width = self._latent_hw
-        factor = math.sqrt(height * width / sequence_length)
-        return round(height / factor), round(width / factor)
+        from crispedit.sdxl.blending import layer_grid
+
+        return layer_grid(self._latent_hw, sequence_length)
 
     def wants(self, place: str, sequence_length: int) -> bool:
         if place not in self.places or (self.steps is not None and self.step not in self.steps):

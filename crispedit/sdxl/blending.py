@@ -59,19 +59,26 @@ def latent_mask(mask: np.ndarray | None, latent_hw: tuple[int, int], binarize: b
     return (grid > 0.5).astype(np.float32) if binarize else grid.astype(np.float32)
 
 
-def layer_mask(masks: torch.Tensor, sequence_length: int) -> torch.Tensor:
-    """(P, 1, h, w) latent masks -> (P, L, 1) at an attention layer whose query count is L.
+def layer_grid(latent_hw: tuple[int, int], sequence_length: int) -> tuple[int, int]:
+    """The (h, w) grid of an attention layer with ``sequence_length`` queries over a latent of ``latent_hw``.
 
     The layer's grid is the latent grid shrunk by the factor that gives L pixels (the UNet
     halves both sides per level), so it is found from L alone, whatever the image size.
     """
-    import torch.nn.functional as F
-
-    height, width = masks.shape[-2:]
+    height, width = latent_hw
     factor = math.sqrt(height * width / sequence_length)
     grid = (round(height / factor), round(width / factor))
     if grid[0] * grid[1] != sequence_length:
         raise ValueError(f"a layer of {sequence_length} queries does not tile a {height}x{width} latent")
+    return grid
+
+
+def layer_mask(masks: torch.Tensor, sequence_length: int) -> torch.Tensor:
+    """(P, 1, h, w) latent masks -> (P, L, 1) at an attention layer whose query count is L (see :func:`layer_grid`)."""
+    import torch.nn.functional as F
+
+    height, width = masks.shape[-2:]
+    grid = layer_grid((height, width), sequence_length)
     resized = masks if grid == (height, width) else F.adaptive_avg_pool2d(masks, grid)
     return resized.flatten(2).transpose(1, 2)
 

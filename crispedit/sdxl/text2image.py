@@ -8,18 +8,20 @@ after every call, so one loaded pipeline serves every kind of call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from crispedit.sdxl.alignment import TokenMapping, sdxl_mapping
+from crispedit.sdxl.alignment import TokenMapping, edited_tokens, sdxl_mapping, word_positions
 from crispedit.sdxl.batching import generators, to_uint8
 from crispedit.sdxl.blending import StepWindow, blend_pairs, latent_mask
+from crispedit.sdxl.local_blend import LocalBlend, LocalBlendSettings
 from crispedit.sdxl.options import Sampler
 from crispedit.sdxl.p2p import P2PController, PairControl, install
+from crispedit.sdxl.p2p_rules import Control, Window, cross_schedule, equalizer, resolve_rules, window_steps
 
 
 def _common(pipe: Any, sampler: Sampler, height: int, width: int, rows: int) -> dict[str, Any]:
@@ -88,13 +90,18 @@ class PairRequest:
 
 @dataclass(frozen=True)
 class Controls:
-    """The P2P and blending switches of one stage."""
+    """The P2P and blending switches of one stage (the P2P rules: crispedit.sdxl.p2p_rules)."""
 
     self_mode: Literal["map", "kv"] = "map"
     attention_mix: StepWindow | None = StepWindow()
     mix_layers: Literal["self", "cross", "both"] = "both"
     latent_blend: StepWindow | None = StepWindow()
     binarize_mask: bool = False
+    control: Control = "default"
+    self_map_max: int | None = None
+    cross_words: Mapping[str, Window] = field(default_factory=dict)
+    reweight: Mapping[str, float] = field(default_factory=dict)
+    local_blend: LocalBlendSettings | None = None  # for pairs without a mask
 
 
 @dataclass
@@ -105,11 +112,42 @@ class PairResult:
     blend_steps: list[int]
     #: Final latents, rows [s1, t1, s2, t2, ...], after the last blend (for checks and tests).
     latents: torch.Tensor | None = field(default=None, repr=False)
+    #: Per pair, LocalBlend's mask fraction at each blended step (empty when it did not blend the pair).
+    local_blend: list[list[float]] = field(default_factory=list)
+
+
+def pair_control(pipe: Any, pair: PairRequest, mapping: TokenMapping, steps: int, controls: Controls) -> PairControl:
+    """One pair's schedules: self steps, per-token cross windows and re-weighting, under the stage's rules."""
+
+    def positions(word: str) -> list[int]:
+        return word_positions(pipe.tokenizer, pair.target_prompt, word)
+
+    return PairControl(
+        mapping,
+        window_steps(pair.self_fraction, steps, controls.control, cross=False),
+        cross_schedule(steps, mapping.length, pair.cross_fraction, controls.cross_words, positions, controls.control),
+        equalizer(mapping.length, controls.reweight, positions),
+    )
+
+
+def local_blend(pipe: Any, pairs: Sequence[PairRequest], settings: LocalBlendSettings, latent_hw: tuple[int, int], steps: int) -> LocalBlend:
+    """LocalBlend over the edited words of every pair that has no mask."""
+    words = []
+    for p in pairs:
+        chosen = None if p.mask is not None else edited_tokens(pipe.tokenizer, p.source_prompt, p.target_prompt)
+        words.append(chosen if chosen is not None and (chosen[0] or chosen[1]) else None)
+    h, w = latent_hw
+    side = settings.map_side or max(h, w) // 4  # image/32 = latent/4
+    scale = max(h, w) // side if side and max(h, w) % side == 0 else 0
+    if not scale or h % scale or w % scale:
+        raise ValueError(f"local_blend map side {side} does not divide a {h}x{w} latent")
+    return LocalBlend(settings, words, (h // scale, w // scale), steps, length=pipe.tokenizer.model_max_length)
 
 
 def run_pairs(pipe: Any, pairs: Sequence[PairRequest], sampler: Sampler, height: int, width: int, controls: Controls) -> PairResult:
     """Source and target of every pair in one batch, from one shared noise per pair, under P2P control."""
-    mappings = [sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, p.source_prompt, p.target_prompt) for p in pairs]
+    rules = resolve_rules(controls.control, controls.self_map_max, height, width)
+    mappings = [sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, p.source_prompt, p.target_prompt, rules.replace_tail) for p in pairs]
     steps = sampler.steps
     h, w = latent_size(pipe, height, width)
     masked = any(p.mask is not None for p in pairs)
@@ -117,13 +155,17 @@ def run_pairs(pipe: Any, pairs: Sequence[PairRequest], sampler: Sampler, height:
     if masked:
         grids = [latent_mask(p.mask, (h, w), controls.binarize_mask) for p in pairs]
         masks = torch.from_numpy(np.stack(grids))[:, None]
+    blend = local_blend(pipe, pairs, controls.local_blend, (h, w), steps) if controls.local_blend is not None else None
     controller = P2PController(
-        pairs=[PairControl(p.self_fraction, p.cross_fraction, m) for p, m in zip(pairs, mappings, strict=True)],
+        pairs=[pair_control(pipe, p, m, steps, controls) for p, m in zip(pairs, mappings, strict=True)],
         total_steps=steps,
+        latent_hw=(h, w),
+        rules=rules,
         self_mode=controls.self_mode,
         masks=masks if controls.attention_mix is not None else None,
         mix_window=controls.attention_mix or StepWindow(),
         mix_layers=controls.mix_layers,
+        blend=blend if blend is not None and blend.active else None,
     )
     blend_steps = []
     if masks is not None and controls.latent_blend is not None:
@@ -133,6 +175,10 @@ def run_pairs(pipe: Any, pairs: Sequence[PairRequest], sampler: Sampler, height:
     def on_step_end(_pipe: Any, i: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         controller.step = i + 1
         latents = tensors["latents"]
+        if controller.blend is not None:
+            weights = controller.blend.end_step(i, latents)
+            if weights is not None:
+                latents = blend_pairs(latents, weights)
         if i in blend_steps:
             assert masks is not None
             latents = blend_pairs(latents, masks.to(latents.device))
@@ -154,4 +200,10 @@ def run_pairs(pipe: Any, pairs: Sequence[PairRequest], sampler: Sampler, height:
     finally:
         pipe.unet.set_attn_processor(saved)
     out = to_uint8(images)
-    return PairResult(out[0::2], out[1::2], mappings, blend_steps, final.get("latents"))
+    coverage: list[list[float]] = [[] for _ in pairs]
+    if controller.blend is not None:
+        for fractions in controller.blend.coverage:
+            for p, fraction in enumerate(fractions):
+                if fraction is not None:
+                    coverage[p].append(fraction)
+    return PairResult(out[0::2], out[1::2], mappings, blend_steps, final.get("latents"), coverage)

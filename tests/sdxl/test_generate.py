@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from crispedit.models.spec import ModelSpec
-from crispedit.sdxl.alignment import AlignmentError, TokenMapping, global_alignment, prompt_mapping, sdxl_mapping
+from crispedit.sdxl.alignment import (
+    AlignmentError,
+    TokenMapping,
+    global_alignment,
+    is_gap_free,
+    prompt_mapping,
+    sdxl_mapping,
+    word_spans,
+)
 from crispedit.sdxl.batching import generators, run_in_calls
 from crispedit.sdxl.blending import StepWindow, blend_pairs, latent_mask, layer_mask
 from crispedit.sdxl.options import RunOptions, Sampler
@@ -38,27 +46,54 @@ def box_mask(top: int, left: int, bottom: int, right: int) -> np.ndarray:
 # --- alignment -------------------------------------------------------------------------------
 
 
-def test_prompts_that_align_token_for_token_replace_and_others_refine(pipe) -> None:
+def test_gap_free_swaps_replace_and_insertions_or_deletions_refine(pipe) -> None:
     swap = sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, "a cat on the tree", "a dog on the tree")
     assert swap.mode == "replace" and swap.is_identity and swap.length == 77
     grown = sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, "a cat", "a red cat")
     assert grown.mode == "refine"
     ids = pipe.tokenizer("a red cat")["input_ids"]  # BOS a red cat EOS
-    red = ids.index(pipe.tokenizer.convert_tokens_to_ids("red</w>"))
-    assert grown.mapper[:5] == (0, 1, -1, 2, 3)  # BOS, a, red (inserted: its own attention), cat, EOS
-    assert red == 2 and grown.own_weights()[2] == 1.0 and grown.own_weights()[3] == 0.0
-    # padding after the target's EOS maps onto the source's padding, shifted by the inserted token
-    assert grown.mapper[5] == 4 and grown.mapper[-1] == 75
+    assert ids.index(pipe.tokenizer.convert_tokens_to_ids("red</w>")) == 2
+    assert [grown.sources_of(k) for k in range(5)] == [[0], [1], [], [2], [3]]  # red is inserted: its own attention
+    assert grown.own_weights()[2] == 1.0 and grown.own_weights()[3] == 0.0
+    # padding after the target's EOS takes the source's column at the same position (P2P's refine)
+    assert grown.sources_of(5) == [5] and grown.sources_of(76) == [76]
     shrunk = sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, "a red cat", "a cat")
-    assert shrunk.mapper[:4] == (0, 1, 3, 4) and shrunk.mapper[4] == 5 and shrunk.mapper[-1] == -1  # past the source's 77th
+    assert [shrunk.sources_of(k) for k in range(5)] == [[0], [1], [3], [4], [4]]
     s = grown.value_matrix()
     assert s.shape == (77, 77) and s[2].sum() == 1.0 and s[:, 2].sum() == 0.0
+    # equal token counts, but an insertion and a deletion: refine (positional replace would draw "red" from "cat")
+    moved = sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, "a cat on a tree", "a red cat on tree")
+    assert moved.mode == "refine" and moved.sources_of(2) == [] and moved.sources_of(3) == [2]
+
+
+def test_a_swap_to_a_word_of_another_token_count_replaces_word_for_word(pipe) -> None:
+    tok = pipe.tokenizer
+    source, target = "a cat on a tree", "a xyzzyq on a tree"  # cat is one token, xyzzyq several
+    spans_s, spans_t = word_spans(tok, source), word_spans(tok, target)
+    assert len(spans_s[1]) == 1 and len(spans_t[1]) > 1
+    mapping = sdxl_mapping(tok, pipe.tokenizer_2, source, target)
+    assert mapping.mode == "replace" and not any(mapping.own)
+    s = mapping.value_matrix()
+    for k in spans_t[1]:  # every token of the new word takes cat's map, 1 / len(word) each
+        assert mapping.sources_of(k) == spans_s[1] and s[spans_s[1][0], k] == pytest.approx(1 / len(spans_t[1]))
+    for w in (2, 3, 4):  # the words after it keep their own source word (shifted)
+        assert [mapping.sources_of(k) for k in spans_t[w]] == [[j] for j in spans_s[w]]
+    # the released code maps by target position after the last swapped word (control: reference)
+    released = sdxl_mapping(tok, pipe.tokenizer_2, source, target, tail="released")
+    first = spans_t[2][0]
+    assert released.sources_of(first) == [first] != mapping.sources_of(first)
+    # different word counts never replace
+    assert sdxl_mapping(tok, pipe.tokenizer_2, "a cat on a tree", "a fat cat on the tree").mode == "refine"
 
 
 def test_global_alignment_maps_matches_and_leaves_insertions_unmapped() -> None:
     assert global_alignment([0, 5, 6, 1], [0, 5, 9, 6, 1]) == [0, 1, -1, 2, 3]
     assert global_alignment([0, 5, 6, 7, 1], [0, 5, 7, 1]) == [0, 1, 3, 4]  # a deleted token is skipped
     assert global_alignment([0, 1], [0, 1]) == [0, 1]
+    # P2P's tie-breaks: a repeated token aligns to its earlier occurrence
+    assert global_alignment([0, 5, 6, 1], [0, 5, 6, 5, 6, 1]) == [0, 1, 2, -1, -1, 3]
+    assert is_gap_free([0, 5, 6, 1], [0, 7, 8, 6, 1]) and not is_gap_free([0, 5, 6, 1], [0, 5, 7, 6, 1])
+    assert not is_gap_free([0, 5, 6, 7, 1], [0, 5, 7, 1])
 
 
 def test_the_mismatch_rules_of_sdxl_and_dit4edit_agree_under_p2p_scores() -> None:
@@ -98,7 +133,7 @@ def reference_attention(q, k, v, pairs: list[tuple[int, int]], mapping: TokenMap
     """P2P written out with explicit softmax maps, for (target row, source row) pairs: what the fused version must equal.
 
     mapping None: self-attention injection (the source's map on the target's values); else
-    cross-attention control, P_s[:, mapper] * a + P_t * (1 - a) on the target's values.
+    cross-attention control, P_s S + P_t diag(own) on the target's values.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
@@ -107,9 +142,7 @@ def reference_attention(q, k, v, pairs: list[tuple[int, int]], mapping: TokenMap
         if mapping is None:
             out[target] = probs[source] @ v[target]
         else:
-            mapper = torch.tensor(mapping.mapper)
-            alpha = (mapper >= 0).float()
-            edited = probs[source][..., mapper.clamp(min=0)] * alpha + probs[target] * (1 - alpha)
+            edited = probs[source] @ torch.from_numpy(mapping.value_matrix()) + probs[target] * torch.from_numpy(mapping.own_weights())
             out[target] = edited @ v[target]
     return out
 
@@ -119,7 +152,7 @@ def test_fused_cross_attention_control_equals_the_materialised_maps(pipe, mode: 
     prompts = ("a cat on the tree", "a dog on the tree") if mode == "replace" else ("a cat on the tree", "a red cat on a tree")
     mapping = sdxl_mapping(pipe.tokenizer, pipe.tokenizer_2, *prompts)
     assert mapping.mode == mode
-    controller = P2PController([PairControl(1.0, 1.0, mapping)], total_steps=4)
+    controller = P2PController([PairControl(mapping, range(4), np.ones((4, 77), np.float32))], total_steps=4, latent_hw=(4, 4))
     processor = P2PAttnProcessor(controller)
     g = torch.Generator().manual_seed(0)
     # CFG layout: [uncond s, uncond t, cond s, cond t]; 2 heads, 16 queries, 77 keys, head dim 8
@@ -132,8 +165,9 @@ def test_fused_cross_attention_control_equals_the_materialised_maps(pipe, mode: 
 
 
 def test_fused_self_attention_injection_uses_the_source_map_in_both_halves() -> None:
-    mapping = TokenMapping("replace", tuple(range(77)))
-    processor = P2PAttnProcessor(P2PController([PairControl(0.5, 0.0, mapping)], total_steps=4))
+    mapping = TokenMapping("replace", tuple((k, k, 1.0) for k in range(77)), (0.0,) * 77)
+    controller = P2PController([PairControl(mapping, range(2), np.zeros((4, 77), np.float32))], total_steps=4, latent_hw=(4, 4))
+    processor = P2PAttnProcessor(controller)
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(4, 2, 16, 8, generator=g) for _ in range(3))
     fused = processor._attend(q, k, v, None, is_cross=False)

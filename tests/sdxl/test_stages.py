@@ -79,6 +79,19 @@ def test_p2p_requires_a_mask_when_told_and_checks_its_size() -> None:
     assert out[1].reject.reason.startswith("mask size:")  # a 32 px mask for a 64 px pair
 
 
+def test_p2p_reference_mode_with_local_blend_per_word_windows_and_reweighting() -> None:
+    stage = make("p2p", base_model="tiny", noise="own", control="reference", cross_words={"blue": 0.3}, reweight={"blue": 2.0},
+                 local_blend=True, local_blend_threshold=0.97, local_blend_map_side=4)
+    masked, free = apply_stage(stage, "p2p", [item(0, mask=square_mask(64)), item(1)], batch_size=8)
+    assert masked.provenance["p2p"]["control"] == "reference" and "local_blend" not in masked.provenance["p2p"]  # a mask: no LocalBlend
+    record = free.provenance["p2p"]
+    assert record["alignment"] == "replace" and record["local_blend"]["steps"] == 3 and 0 < record["local_blend"]["coverage"] < 1
+    with pytest.raises(ValueError, match="one word"):
+        STAGES["p2p"].Params.model_validate({"cross_words": {"red cat": 0.5}})
+    with pytest.raises(ValueError):
+        STAGES["p2p"].Params.model_validate({"cross_words": {"cat": [0.8, 0.2]}})
+
+
 def test_inpainting_pastes_back_the_source_outside_the_mask() -> None:
     mask = square_mask()
     out = apply_stage(make("inpaint", inpaint_model="tiny", paste_back=True), "inpaint", [item(0, mask=mask)], batch_size=4)[0]

@@ -62,11 +62,39 @@ class P2PParams(GeneratorParams):
     blend_start: float = Field(0.0, ge=0.0, le=1.0, description="latent blending from this fraction of the steps...")
     blend_end: float = Field(1.0, ge=0.0, le=1.0, description="...until this fraction (the last step is always blended)")
     blend_every: int = Field(1, ge=1, description="blend every n-th step of the window (UltraEdit: 2, odd steps)")
+    control: Literal["default", "reference"] = Field(
+        "default",
+        description="'reference': published Prompt-to-Prompt's rules (conditional half, self maps <= image/32, int(f*N) self and "
+        "int(c*(N+1)) cross steps, released replace mapper); 'default': both halves, every layer, ceil(f*N) steps",
+    )
+    self_map_max: int | None = Field(
+        None, ge=1, description="inject self-attention only in layers whose map's longest side is at most this (None: every layer; reference: image/32)"
+    )
+    cross_words: dict[str, float | tuple[float, float]] = Field(
+        default_factory=dict, description="per-word cross-attention windows of the target caption, {word: c} or {word: [a, b]} (P2P's {'lion': 0.4})"
+    )
+    reweight: dict[str, float] = Field(
+        default_factory=dict, description="per-word attention re-weighting of the target caption, {word: weight} (P2P's equalizer; no renormalising)"
+    )
+    local_blend: bool = Field(False, description="for pairs without a mask: P2P's LocalBlend, a mask from the edited words' cross-attention")
+    local_blend_threshold: float = Field(0.3, ge=0.0, le=1.0, description="LocalBlend: cut the max-normalised word map above this (P2P: 0.3)")
+    local_blend_dilation: int = Field(1, ge=0, le=8, description="LocalBlend: max-pool radius in map pixels (P2P: 1, a 3x3 pool)")
+    local_blend_start: float = Field(0.0, ge=0.0, le=1.0, description="LocalBlend: blend from step int(start*N) on (null-text P2P: 0.2)")
+    local_blend_map_side: int | None = Field(None, ge=1, description="LocalBlend: the attention maps read, by longest side (None: image/32)")
 
     @field_validator("self_fraction", "cross_fraction")
     @classmethod
     def _fraction(cls, value: Fraction) -> Fraction:
         return check_fraction(value)
+
+    @field_validator("cross_words")
+    @classmethod
+    def _word_windows(cls, value: dict[str, Fraction]) -> dict[str, Fraction]:
+        for word, window in value.items():
+            if not word.strip() or len(word.split()) != 1:
+                raise ValueError(f"cross_words: {word!r} is not one word")
+            check_fraction(window)
+        return value
 
     @model_validator(mode="after")
     def _windows(self) -> P2PParams:
@@ -90,6 +118,7 @@ class P2PStage(TextToImageStage[P2PParams]):
 
     def controls(self) -> Any:
         from crispedit.sdxl.blending import StepWindow
+        from crispedit.sdxl.local_blend import LocalBlendSettings
         from crispedit.sdxl.text2image import Controls
 
         p = self.params
@@ -99,6 +128,13 @@ class P2PStage(TextToImageStage[P2PParams]):
             mix_layers=p.mix_layers,
             latent_blend=StepWindow(p.blend_start, p.blend_end, p.blend_every) if p.latent_blend else None,
             binarize_mask=p.binarize_mask,
+            control=p.control,
+            self_map_max=p.self_map_max,
+            cross_words=dict(p.cross_words),
+            reweight=dict(p.reweight),
+            local_blend=LocalBlendSettings(p.local_blend_threshold, p.local_blend_dilation, p.local_blend_start, p.local_blend_map_side)
+            if p.local_blend
+            else None,
         )
 
     def noise_of(self, sample: Sample) -> tuple[int, tuple[int, int], str]:
@@ -145,14 +181,24 @@ class P2PStage(TextToImageStage[P2PParams]):
 
             def call(chunk: list[Any], h: int = height, w: int = width) -> list[Any]:
                 result = run_pairs(self.pipe, chunk, sampler, h, w, controls)
-                return list(zip(result.sources, result.targets, result.mappings, [result.blend_steps] * len(chunk), strict=True))
+                return list(zip(
+                    result.sources, result.targets, result.mappings, [result.blend_steps] * len(chunk), result.local_blend, strict=True
+                ))
 
             results = run_in_calls(requests, p.max_batch, p.exact_batches, call)  # an AlignmentError rejects alone on the retry
-            for sample, request, (source, target, mapping, blend_steps) in zip(group, requests, results, strict=True):
-                self.finish(sample, request, jobs[sample.id][1], source, target, mapping.mode, blend_steps)
+            for sample, request, (source, target, mapping, blend_steps, coverage) in zip(group, requests, results, strict=True):
+                self.finish(sample, request, jobs[sample.id][1], source, target, mapping.mode, blend_steps, coverage)
 
     def finish(
-        self, sample: Sample, request: Any, origin: str, source: np.ndarray, target: np.ndarray, alignment: str, blend_steps: list[int]
+        self,
+        sample: Sample,
+        request: Any,
+        origin: str,
+        source: np.ndarray,
+        target: np.ndarray,
+        alignment: str,
+        blend_steps: list[int],
+        coverage: list[float] | None = None,
     ) -> None:
         values: dict[str, Any] = {
             "seed": request.seed,
@@ -162,6 +208,7 @@ class P2PStage(TextToImageStage[P2PParams]):
             "self_fraction": request.self_fraction,
             "cross_fraction": request.cross_fraction,
             "self_mode": self.params.self_mode,
+            "control": self.params.control,
             "alignment": alignment,
             "mask": request.mask is not None,
         }
@@ -170,6 +217,8 @@ class P2PStage(TextToImageStage[P2PParams]):
             values["attention_mix"] = [p.mix_start, p.mix_end, p.mix_layers] if p.attention_mix else None
             values["blend_steps"] = blend_steps
             values["binarize_mask"] = p.binarize_mask
+        if coverage:
+            values["local_blend"] = {"coverage": coverage[-1], "steps": len(coverage)}  # the final mask's fraction of the image
         previous = sample.source_image
         if previous is not None and previous.shape == source.shape:
             # the redrawn source against the one drawn before (0 when the calls had the same shape)
