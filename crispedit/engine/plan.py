@@ -170,7 +170,7 @@ def resource_plan(plan: BuildPlan, resources: dict[str, float], nodes: list[dict
     return make_plan(
         declared_steps(plan, gpus), float(resources.get("CPU", 0.0)), gpus, float(resources.get("memory", 0.0)) / 2**30,
         node_cpus=max(float(n.get("CPU", 0.0)) for n in alive), node_gpus=max(float(n.get("GPU", 0.0)) for n in alive),
-        ratio=ratio,
+        ratio=ratio, share_gpus=plan.recipe.execution.share_gpus,
     )
 
 
@@ -184,3 +184,10 @@ def gpu_warnings(plan: BuildPlan, gpus_here: float, where: str) -> list[str]:
     for text in out:
         log.warning(text)
     return out
+
+
+def with_shard_size(plan: BuildPlan, items: int) -> BuildPlan:
+    """The plan with ``items`` source items a shard: with ``max_shards=1``, a build of that many items
+    (``crispedit plan --sample K``; the tests' small builds of every recipe)."""
+    output = plan.recipe.output.model_copy(update={"shard_size": items})
+    return plan.model_copy(update={"recipe": plan.recipe.model_copy(update={"output": output})})

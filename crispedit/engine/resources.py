@@ -70,12 +70,15 @@ class ResourcePlan:
     steps: tuple[StepReservation, ...]
     commit_cpus: float
     cpu_scale: float
+    gpu_scale: float = 1.0
 
     def lines(self) -> list[str]:
         """The plan as a user reads it (``crispedit -v build``, ``crispedit plan``)."""
         head = f"resource plan for {self.cpus:g} CPUs, {self.gpus:g} GPUs, {self.memory_gb:.1f} GiB"
         if self.cpu_scale < 1:
             head += f" (CPU requests scaled by {self.cpu_scale:.3f} so that every step can run at once)"
+        if self.gpu_scale < 1:
+            head += f" (GPU requests scaled by {self.gpu_scale:.3f}: the model stages share the GPUs)"
         out = [head]
         for s in self.steps:
             low, high = s.workers
@@ -111,6 +114,7 @@ def make_plan(
     node_gpus: float | None = None,
     ratio: float = 0.5,
     commit_cpus: float = COMMIT_CPUS,
+    share_gpus: bool = True,
 ) -> ResourcePlan:
     """Fit the steps to a cluster; raise :class:`PlanError` when GPUs or memory cannot fit.
 
@@ -119,6 +123,9 @@ def make_plan(
     """
     node_cpus = cpus if node_cpus is None else node_cpus
     node_gpus = gpus if node_gpus is None else node_gpus
+    gpu_scale = _gpu_share(steps, gpus, node_gpus) if share_gpus else 1.0
+    if gpu_scale < 1:
+        steps = [replace(s, num_gpus=_floor(s.num_gpus * gpu_scale)) for s in steps]
     _check_gpus(steps, gpus, node_gpus)
     _check_memory(steps, memory_gb)
     commit_cpus = min(commit_cpus, cpus / (len(steps) + 1))
@@ -143,7 +150,21 @@ def make_plan(
                 f"stage {s.label!r} cannot get a share of the cluster's {cpus:g} CPUs next to the other "
                 f"{len(steps) - 1} steps: run on more CPUs or with fewer actors"
             )
-    return ResourcePlan(cpus, gpus, memory_gb, tuple(planned), _floor(commit_cpus), scale)
+    return ResourcePlan(cpus, gpus, memory_gb, tuple(planned), _floor(commit_cpus), scale, gpu_scale)
+
+
+def _gpu_share(steps: list[StepReservation], gpus: float, node_gpus: float) -> float:
+    """The factor that fits the pools' minimum GPU workers onto the cluster's GPUs (1: they fit as declared).
+
+    Sharing is fractional ``num_gpus``: Ray packs several model actors onto one device, each
+    holding its own models, so the device's memory must hold them all (the recipe's tiny twins
+    always do; for real models, set per-stage ``num_gpus`` and check the device's memory). A
+    worker that wants more than one node's GPUs is not shared; :func:`_check_gpus` refuses it.
+    """
+    need = sum(s.num_gpus * s.workers[0] for s in steps)
+    if not gpus or need <= gpus + 1e-9 or any(s.num_gpus > node_gpus + 1e-9 for s in steps):
+        return 1.0
+    return gpus / need
 
 
 def _check_gpus(steps: list[StepReservation], gpus: float, node_gpus: float) -> None:

@@ -14,16 +14,11 @@ from pathlib import Path
 import pytest
 
 from crispedit.engine import build
-from crispedit.recipe import BuildPlan, load_plan
+from crispedit.engine.plan import with_shard_size
+from crispedit.recipe import load_plan
 from tests.helpers.recipes import RECIPES
 
 ITEMS = 2
-
-
-def small(plan: BuildPlan) -> BuildPlan:
-    """The plan with two items a shard: the item override that keeps this test affordable."""
-    output = plan.recipe.output.model_copy(update={"shard_size": ITEMS})
-    return plan.model_copy(update={"recipe": plan.recipe.model_copy(update={"output": output})})
 
 
 @pytest.mark.slow
@@ -38,7 +33,7 @@ def test_the_recipe_builds_on_ray_with_the_bytes_of_the_local_runner(
     monkeypatch.chdir(tmp_path)
     outs = {runner: tmp_path / runner for runner in ("ray", "local")}
     for runner, out in outs.items():
-        result = build(small(load_plan(RECIPES / recipe, tiny=True, out=out)), runner=runner, max_shards=1, progress=False)
+        result = build(with_shard_size(load_plan(RECIPES / recipe, tiny=True, out=out), ITEMS), runner=runner, max_shards=1, progress=False)
         assert result.shards_built == 1, runner
     files = {runner: {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.parquet"))} for runner, out in outs.items()}
     assert files["ray"] and files["ray"] == files["local"]

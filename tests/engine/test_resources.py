@@ -37,10 +37,26 @@ def test_every_step_gets_its_minimum_reserved(recipe: str, cpus: float) -> None:
     assert all(s.num_cpus > 0 for s in fitted.steps)
 
 
-def test_gpus_that_do_not_fit_are_refused_naming_the_stage() -> None:
+def test_gpus_that_do_not_fit_are_refused_naming_the_stage_when_sharing_is_off() -> None:
     plan = load_plan(RECIPES / "world.yaml", tiny=True)
+    plan.recipe.execution.share_gpus = False
     with pytest.raises(PlanError, match=r"stage 'inpaint' needs 1 GPU\(s\).*only 0 of the cluster's 1 GPUs"):
         resource_plan(plan, *_cluster(16.0, gpus=1.0))
+
+
+@pytest.mark.parametrize("recipe", ["crispedit.yaml", "world.yaml"])
+def test_the_four_and_five_model_recipes_share_one_gpu(recipe: str) -> None:
+    plan = load_plan(RECIPES / recipe, tiny=True)
+    fitted = resource_plan(plan, *_cluster(8.0, gpus=1.0))
+    pools = [s for s in fitted.steps if s.pool and s.num_gpus]
+    assert len(pools) >= 4 and fitted.gpu_scale < 1
+    assert sum(s.num_gpus * s.workers[0] for s in fitted.steps) <= 1.0 + 1e-9
+
+
+def test_a_worker_wider_than_any_node_is_refused() -> None:
+    steps = [StepReservation(("big",), True, 1.0, 2.0, None, (1, 1), 1.0)]
+    with pytest.raises(PlanError, match="stage 'big' needs 2 GPUs per worker, but no node has more than 1"):
+        make_plan(steps, cpus=8.0, gpus=4.0, memory_gb=16.0, node_gpus=1.0)
 
 
 def test_fractional_gpus_share_one_device() -> None:
