@@ -74,6 +74,7 @@ def _build(args: argparse.Namespace) -> int:
     from crispedit.core.failures import StageBroken
     from crispedit.core.redact import scrub_text
     from crispedit.engine import BuildError, build
+    from crispedit.engine.stall import BuildStalled
     from crispedit.models.llm import LLMConfigError
     from crispedit.recipe import plan_until
 
@@ -91,6 +92,9 @@ def _build(args: argparse.Namespace) -> int:
     except BuildError as error:
         print(f"error: {scrub_text(str(error))}", file=sys.stderr)
         return 2
+    except BuildStalled as error:  # committed shards are kept; the message names the waiting steps
+        print(f"error: {scrub_text(str(error))}", file=sys.stderr)
+        return 4
     except StageBroken as error:  # its traceback was logged once and saved under OUT/logs/
         print(f"error: the build stopped: {scrub_text(str(error))}", file=sys.stderr)
         return 3

@@ -15,6 +15,8 @@ from crispedit.core.failures import Breaker
 from crispedit.core.shards import ShardStore
 from crispedit.core.source import Source
 from crispedit.core.stage import BuildContext, Stage
+from crispedit.engine.cluster import alive_nodes
+from crispedit.engine.resources import ResourcePlan, StepReservation, make_plan
 from crispedit.recipe import BuildPlan, Entry
 from crispedit.recipe.catalog import SOURCES, STAGES
 
@@ -120,15 +122,56 @@ def store_for(plan: BuildPlan, meta: BuildMeta | None = None) -> ShardStore:
 
 def segments(plan: BuildPlan) -> list[list[Step]]:
     """Group the steps into Ray steps: model stages alone, everything between them fused."""
+    return [steps for steps, _ in ray_steps(plan)]
+
+
+def ray_steps(plan: BuildPlan) -> list[tuple[list[Step], bool]]:
+    """The Ray steps with, for each, whether it is an actor pool. A CPU stage alone between two
+    model stages is a one-stage group too: only its class, not the group's shape, makes a pool."""
     context = context_for(plan)
-    groups: list[list[Step]] = [[SOURCE]]
+    groups: list[tuple[list[Step], bool]] = [([SOURCE], False)]
     for index, entry in enumerate(plan.stages):
         if make_stage(entry, context).in_actor_pool:
-            groups += [[index], []]
+            groups += [([index], True), ([], False)]
         else:
-            groups[-1].append(index)
-    groups[-1].append(WRITE)
-    return [g for g in groups if g]
+            groups[-1][0].append(index)
+    groups[-1][0].append(WRITE)
+    return [g for g in groups if g[0]]
+
+
+def step_names(plan: BuildPlan, steps: list[Step]) -> tuple[str, ...]:
+    return tuple(SOURCE if s == SOURCE else WRITE if s == WRITE else plan.stages[s].name for s in steps)
+
+
+def declared_steps(plan: BuildPlan, gpus_here: float) -> list[StepReservation]:
+    """Every Ray step with what its stages declare (the recipe's overrides applied), before fitting."""
+    out = []
+    for steps, pool in ray_steps(plan):
+        fused = [placement(plan, plan.stages[s]) for s in steps if isinstance(s, int)]
+        names = step_names(plan, steps)
+        if pool:
+            where = fused[0]
+            gpus = where.num_gpus if gpus_here > 0 else 0.0
+            out.append(StepReservation(names, True, where.num_cpus, gpus, where.memory_gb, where.actors, where.num_cpus))
+        else:
+            cpus = max([p.num_cpus for p in fused] or [1.0])
+            gpus = max([p.num_gpus for p in fused] or [0.0]) if gpus_here > 0 else 0.0
+            out.append(StepReservation(names, False, cpus, gpus, None, (1, 1), cpus))
+    return out
+
+
+def resource_plan(plan: BuildPlan, resources: dict[str, float], nodes: list[dict[str, Any]], ratio: float = 0.5) -> ResourcePlan:
+    """The plan for a cluster with these total ``resources`` (``ray.cluster_resources()``) and ``nodes``.
+
+    Raises :class:`~crispedit.engine.resources.PlanError` (naming the stage and the missing resource) before any model loads.
+    """
+    gpus = float(resources.get("GPU", 0.0))
+    alive = [n.get("Resources", {}) for n in alive_nodes(nodes)] or [resources]
+    return make_plan(
+        declared_steps(plan, gpus), float(resources.get("CPU", 0.0)), gpus, float(resources.get("memory", 0.0)) / 2**30,
+        node_cpus=max(float(n.get("CPU", 0.0)) for n in alive), node_gpus=max(float(n.get("GPU", 0.0)) for n in alive),
+        ratio=ratio, share_gpus=plan.recipe.execution.share_gpus,
+    )
 
 
 def gpu_warnings(plan: BuildPlan, gpus_here: float, where: str) -> list[str]:
@@ -141,3 +184,10 @@ def gpu_warnings(plan: BuildPlan, gpus_here: float, where: str) -> list[str]:
     for text in out:
         log.warning(text)
     return out
+
+
+def with_shard_size(plan: BuildPlan, items: int) -> BuildPlan:
+    """The plan with ``items`` source items a shard: with ``max_shards=1``, a build of that many items
+    (``crispedit plan --sample K``; the tests' small builds of every recipe)."""
+    output = plan.recipe.output.model_copy(update={"shard_size": items})
+    return plan.model_copy(update={"recipe": plan.recipe.model_copy(update={"output": output})})

@@ -12,8 +12,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from crispedit.core.failures import StageBroken
 from crispedit.core.library_logs import route_from_environment
 from crispedit.core.shards import ShardRange
@@ -21,17 +19,17 @@ from crispedit.core.stats import StageStats
 from crispedit.engine.cluster import UnreachableOutputError, check_output_reachable
 from crispedit.engine.plan import (
     SOURCE,
-    WRITE,
     BuildError,
     BuildMeta,
-    context_for,
     gpu_warnings,
-    make_stage,
     placement,
-    segments,
+    ray_steps,
+    resource_plan,
     store_for,
 )
-from crispedit.engine.segment import ROW_SCHEMA, Segment, TaskSegment, transport_row
+from crispedit.engine.resources import PlanError
+from crispedit.engine.segment import Segment, TaskSegment, transport_row
+from crispedit.engine.stall import BuildStalled, StallWatch
 from crispedit.recipe import BuildPlan, freeze_plan, thaw_plan
 
 log = logging.getLogger("crispedit")
@@ -40,17 +38,20 @@ log = logging.getLogger("crispedit")
 class _Commits:
     """Driver-side bookkeeping of shards whose items were written as parts by several workers."""
 
-    def __init__(self, plan_json: str, meta: BuildMeta, advance: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self, plan_json: str, meta: BuildMeta, advance: Callable[[dict[str, Any]], None], cpus: float, watch: StallWatch,
+    ) -> None:
         import ray
 
         self.args = (plan_json, meta)
+        self.watch = watch
         self.advance = advance
         self.parts: dict[ShardRange, list[str]] = defaultdict(list)
         self.items: dict[ShardRange, int] = defaultdict(int)
         self.stats: dict[ShardRange, dict[str, StageStats]] = defaultdict(dict)
         self.failed: dict[str, str] = {}
         self.pending: list[Any] = []
-        self.commit_task = ray.remote(num_cpus=0.25)(_commit_parts)
+        self.commit_task = ray.remote(num_cpus=cpus)(_commit_parts)
 
     def part(self, shard: ShardRange, info: dict[str, Any]) -> None:
         self.parts[shard].append(info["path"])
@@ -66,10 +67,14 @@ class _Commits:
         import ray
 
         while self.pending:
-            ready, self.pending = ray.wait(self.pending, num_returns=len(self.pending) if block else 1, timeout=None if block else 0)
+            ready, self.pending = ray.wait(self.pending, num_returns=1, timeout=self.watch.poll_s if block else 0)
             if not ready:
-                return
+                if not block:
+                    return
+                self.watch.check(f"{len(self.pending)} commit task(s)")
+                continue
             for marker in ray.get(ready):
+                self.watch.progress()
                 self.advance(marker)
 
     def finish(self, todo: list[ShardRange]) -> dict[str, str]:
@@ -96,6 +101,7 @@ def run_ray(
 ) -> dict[str, str]:
     import ray
     import ray.data
+    from ray.data.exceptions import ExecutionTimeoutError
 
     execution = plan.recipe.execution
     started_here = False
@@ -117,58 +123,64 @@ def run_ray(
             check_output_reachable(plan.output_dir, ray.nodes(), shared)
         except UnreachableOutputError as error:
             raise BuildError(str(error)) from None
-        gpus_here = float(ray.cluster_resources().get("GPU", 0.0))
+        resources = ray.cluster_resources()
+        gpus_here = float(resources.get("GPU", 0.0))
         warnings += gpu_warnings(plan, gpus_here, "the Ray cluster")
         context = ray.data.DataContext.get_current()
+        try:
+            fitted = resource_plan(plan, resources, ray.nodes(), context.op_resource_reservation_ratio)
+        except PlanError as error:
+            raise BuildError(str(error)) from None
+        for line in fitted.lines():
+            log.info("%s", line)
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        # The commit tasks run beside Ray Data, so its budget must leave their CPUs free.
+        context.execution_options.resource_limits = ray.data.ExecutionResources(cpu=fitted.cpus - fitted.commit_cpus)
+        stall_s = execution.stall_timeout_s
+        context.execution_no_progress_timeout_s = stall_s if stall_s else -1
         plan_json = freeze_plan(plan)
-        ds = ray.data.from_arrow([pa.Table.from_pylist([transport_row(s, "range")], schema=ROW_SCHEMA) for s in todo])
-        for steps in segments(plan):
-            names = [SOURCE if s == SOURCE else WRITE if s == WRITE else plan.stages[s].name for s in steps]
+        # from_items puts the blocks from the driver; from_arrow would first run one 1-CPU metadata task per
+        # shard, outside Ray Data's executor and its no-progress guard, on a cluster that may have no CPU free.
+        ds = ray.data.from_items([transport_row(s, "range") for s in todo], override_num_blocks=len(todo))
+        for (steps, pool), where in zip(ray_steps(plan), fitted.steps, strict=True):
             batch_size = 1 if SOURCE in steps else None
-            if len(steps) == 1 and isinstance(steps[0], int):
-                where = placement(plan, plan.stages[steps[0]])
+            common: dict[str, Any] = dict(
+                batch_format="pyarrow", num_cpus=where.num_cpus, num_gpus=where.num_gpus or None,
+                memory=int(where.memory_gb * 2**30) if where.memory_gb else None,
+            )
+            if pool:
                 ds = ds.map_batches(
                     Segment, fn_constructor_args=(plan_json, steps, meta),
                     compute=ray.data.ActorPoolStrategy(min_size=where.actors[0], max_size=where.actors[1]),
-                    batch_size=where.batch_size, batch_format="pyarrow",
-                    num_cpus=min(where.num_cpus, _actor_cpus(plan)),
-                    num_gpus=(where.num_gpus if gpus_here > 0 else 0) or None,
-                    memory=int(where.memory_gb * 2**30) if where.memory_gb else None,
+                    batch_size=placement(plan, plan.stages[steps[0]]).batch_size, **common,
                 )
             else:
-                fused = [placement(plan, plan.stages[s]) for s in steps if isinstance(s, int)]
-                ds = ds.map_batches(
-                    TaskSegment(plan_json, steps, meta), batch_size=batch_size, batch_format="pyarrow",
-                    num_cpus=max([p.num_cpus for p in fused] or [1.0]),
-                    num_gpus=(max([p.num_gpus for p in fused] or [0.0]) if gpus_here > 0 else 0) or None,
-                )
-            log.debug("ray step %s", names)
-        commits = _Commits(plan_json, meta, advance)
-        for row in ds.iter_rows():
-            shard = ShardRange(row["start"], row["end"])
-            info = json.loads(row["info"]) if row["info"] else None
-            if row["kind"] == "marker":
-                advance(info)
-            elif row["kind"] == "part":
-                commits.part(shard, info)
-            elif row["kind"] == "transient":
-                commits.failed.setdefault(shard.name, info)
-            elif row["kind"] == "broken":
-                raise StageBroken(info["stage"], info["message"], info["trace"])
+                # max_calls=0 is Ray's own default for CPU tasks, written out: remote args that differ from
+                # the next pool's keep Ray Data from fusing this task step into it (it fuses when they are
+                # equal, as the plan's scaled requests may be), which would run these CPU stages inside the
+                # model actor's one process.
+                ds = ds.map_batches(TaskSegment(plan_json, steps, meta), batch_size=batch_size, max_calls=0, **common)
+            log.debug("ray step %s", where.label)
+        watch = StallWatch(stall_s, fitted, log)
+        commits = _Commits(plan_json, meta, advance, fitted.commit_cpus, watch)
+        try:
+            for row in ds.iter_rows():
+                watch.progress()
+                shard = ShardRange(row["start"], row["end"])
+                info = json.loads(row["info"]) if row["info"] else None
+                if row["kind"] == "marker":
+                    advance(info)
+                elif row["kind"] == "part":
+                    commits.part(shard, info)
+                elif row["kind"] == "transient":
+                    commits.failed.setdefault(shard.name, info)
+                elif row["kind"] == "broken":
+                    raise StageBroken(info["stage"], info["message"], info["trace"])
+        except ExecutionTimeoutError as error:  # Ray Data's own guard: nothing moved for stall_timeout_s
+            raise BuildStalled(watch.diagnose(str(error))) from None
         return commits.finish(todo)
     finally:
         if started_here:
             ray.shutdown()
 
-
-def _actor_cpus(plan: BuildPlan) -> float:
-    """CPUs reserved per model actor. Actors hold their CPUs for the whole build, so on a small
-    machine they must leave room for the task steps or the pipeline would stall."""
-    import ray
-
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    context = context_for(plan)
-    actors = sum(placement(plan, e).actors[1] for e in plan.stages if make_stage(e, context).in_actor_pool)
-    return min(1.0, total / (2.0 * max(actors, 1)))

@@ -85,6 +85,12 @@ class ExecutionSpec(Strict):
     breaker_min_failures: PositiveInt = Field(3, description="the breaker needs at least this many failures of one exception type")
     breaker_fraction: float = Field(0.5, gt=0, le=1, description="...on at least this fraction of a batch, to stop the build")
     stages: dict[str, StageResources] = Field(default_factory=dict, description="per-stage placement, keyed by stage name")
+    share_gpus: bool = Field(
+        True, description="when the model stages want more whole GPUs than the cluster has, give them fractional GPUs (false: refuse)",
+    )
+    stall_timeout_s: float = Field(
+        600, ge=0, description="stop a Ray build when no item advances for this many seconds while work is pending (0: never)",
+    )
 
 
 class Entry(BaseModel):

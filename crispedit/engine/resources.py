@@ -1,0 +1,203 @@
+"""The resource plan: what every Ray step of a build reserves, decided before any work starts.
+
+Why a plan and not per-stage numbers: Ray Data starts the minimum actors of every actor pool
+as soon as the dataset executes, outside its own budget, and Ray Core never takes a CPU back
+from a live actor. A task step (or a commit task) that asks for CPUs those actors already hold
+waits in the raylet's queue forever while Ray Data counts it as running: the build hangs
+without a word. So the plan sizes every request together, against the whole cluster, so that
+one worker of every step can exist at the same time:
+
+* GPUs and memory are real: requests that do not fit are refused here, naming the stage;
+* CPUs are logical: Ray only counts them, so requests are scaled down (never up) until the
+  minimum of every step fits inside what Ray Data's reservation hands out (see
+  :func:`reserved`), with the commit tasks' share kept out of Ray Data's budget altogether.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+#: CPUs a commit task asks for (it only concatenates and renames files).
+COMMIT_CPUS = 0.25
+#: Ray accounts resources in units of 1/10000; requests are rounded down to that grain.
+_GRAIN = 1e-4
+
+
+class PlanError(ValueError):
+    """A recipe the cluster cannot run: a stage wants GPUs or memory that are not there."""
+
+
+@dataclass(frozen=True)
+class StepReservation:
+    """One Ray step: an actor pool (``pool``) or a task step, and what one worker of it asks for."""
+
+    names: tuple[str, ...]
+    pool: bool
+    num_cpus: float
+    num_gpus: float
+    memory_gb: float | None
+    actors: tuple[int, int] = (1, 1)
+    declared_cpus: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return "+".join(self.names)
+
+    @property
+    def workers(self) -> tuple[int, int]:
+        """Workers the step holds at least and at most (a task step: one at least, unbounded)."""
+        return self.actors if self.pool else (1, 0)
+
+    def minimum(self) -> tuple[float, float, float]:
+        """CPUs, GPUs and GiB the step holds with its fewest workers."""
+        n = self.workers[0]
+        return self.num_cpus * n, self.num_gpus * n, (self.memory_gb or 0.0) * n
+
+    def maximum(self) -> tuple[float, float, float]:
+        """What Ray Data lets the step grow to (inf: a task step without a cap)."""
+        inf = float("inf")
+        if not self.pool:
+            return (inf if self.num_cpus else 0.0), (inf if self.num_gpus else 0.0), (inf if self.memory_gb else 0.0)
+        n = self.actors[1]
+        return self.num_cpus * n, self.num_gpus * n, (self.memory_gb or 0.0) * n
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    cpus: float
+    gpus: float
+    memory_gb: float
+    steps: tuple[StepReservation, ...]
+    commit_cpus: float
+    cpu_scale: float
+    gpu_scale: float = 1.0
+
+    def lines(self) -> list[str]:
+        """The plan as a user reads it (``crispedit -v build``, ``crispedit plan``)."""
+        head = f"resource plan for {self.cpus:g} CPUs, {self.gpus:g} GPUs, {self.memory_gb:.1f} GiB"
+        if self.cpu_scale < 1:
+            head += f" (CPU requests scaled by {self.cpu_scale:.3f} so that every step can run at once)"
+        if self.gpu_scale < 1:
+            head += f" (GPU requests scaled by {self.gpu_scale:.3f}: the model stages share the GPUs)"
+        out = [head]
+        for s in self.steps:
+            low, high = s.workers
+            workers = f"{low}-{high} actors" if s.pool and high != low else f"{low} actor(s)" if s.pool else "tasks"
+            mem = f", {s.memory_gb:g} GiB" if s.memory_gb else ""
+            out.append(f"  {s.label:<36} {workers:<12} {s.num_cpus:.4g} CPU, {s.num_gpus:g} GPU{mem} each")
+        out.append(f"  {'commit':<36} {'tasks':<12} {self.commit_cpus:.4g} CPU each (outside Ray Data's budget)")
+        return out
+
+
+def reserved(steps: list[StepReservation], limits: tuple[float, float, float], ratio: float) -> tuple[float, float, float]:
+    """What Ray Data 2.60's ReservationOpResourceAllocator sets aside in total for these steps.
+
+    Each eligible operator reserves max(ratio * limit / n, its minimum), capped at its maximum;
+    an operator whose reservation no longer fits in what is left gets no CPU or GPU reserved and
+    starves until the operators before it finish. The plan keeps this total within the limits.
+    """
+    n = max(1, len(steps))
+    total = [0.0, 0.0, 0.0]
+    for step in steps:
+        for k, (low, high) in enumerate(zip(step.minimum(), step.maximum(), strict=True)):
+            total[k] += min(max(ratio * limits[k] / n, low), high)
+    return total[0], total[1], total[2]
+
+
+def make_plan(
+    steps: list[StepReservation],
+    cpus: float,
+    gpus: float,
+    memory_gb: float,
+    *,
+    node_cpus: float | None = None,
+    node_gpus: float | None = None,
+    ratio: float = 0.5,
+    commit_cpus: float = COMMIT_CPUS,
+    share_gpus: bool = True,
+) -> ResourcePlan:
+    """Fit the steps to a cluster; raise :class:`PlanError` when GPUs or memory cannot fit.
+
+    ``steps`` carry the declared requests (already without GPUs when the cluster has none).
+    ``node_cpus``/``node_gpus`` are the largest node's: one worker must fit on one node.
+    """
+    node_cpus = cpus if node_cpus is None else node_cpus
+    node_gpus = gpus if node_gpus is None else node_gpus
+    gpu_scale = _gpu_share(steps, gpus, node_gpus) if share_gpus else 1.0
+    if gpu_scale < 1:
+        steps = [replace(s, num_gpus=_floor(s.num_gpus * gpu_scale)) for s in steps]
+    _check_gpus(steps, gpus, node_gpus)
+    _check_memory(steps, memory_gb)
+    commit_cpus = min(commit_cpus, cpus / (len(steps) + 1))
+    limit = cpus - commit_cpus  # what Ray Data may hand out (exclude_resources keeps the rest)
+    limits = (limit, gpus, memory_gb)
+
+    def scaled(scale: float) -> list[StepReservation]:
+        return [replace(s, num_cpus=_floor(min(s.declared_cpus * scale, node_cpus))) for s in steps]
+
+    if reserved(scaled(1.0), limits, ratio)[0] <= limit:
+        scale = 1.0
+    else:  # the total is monotone in the scale and below the limit at 0 (ratio < 1): bisect
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if reserved(scaled(mid), limits, ratio)[0] <= limit * (1 - 1e-6) else (low, mid)
+        scale = low
+    planned = scaled(scale)
+    for s in planned:
+        if s.declared_cpus and s.num_cpus < _GRAIN:
+            raise PlanError(
+                f"stage {s.label!r} cannot get a share of the cluster's {cpus:g} CPUs next to the other "
+                f"{len(steps) - 1} steps: run on more CPUs or with fewer actors"
+            )
+    return ResourcePlan(cpus, gpus, memory_gb, tuple(planned), _floor(commit_cpus), scale, gpu_scale)
+
+
+def _gpu_share(steps: list[StepReservation], gpus: float, node_gpus: float) -> float:
+    """The factor that fits the pools' minimum GPU workers onto the cluster's GPUs (1: they fit as declared).
+
+    Sharing is fractional ``num_gpus``: Ray packs several model actors onto one device, each
+    holding its own models, so the device's memory must hold them all (the recipe's tiny twins
+    always do; for real models, set per-stage ``num_gpus`` and check the device's memory). A
+    worker that wants more than one node's GPUs is not shared; :func:`_check_gpus` refuses it.
+    """
+    need = sum(s.num_gpus * s.workers[0] for s in steps)
+    if not gpus or need <= gpus + 1e-9 or any(s.num_gpus > node_gpus + 1e-9 for s in steps):
+        return 1.0
+    return gpus / need
+
+
+def _check_gpus(steps: list[StepReservation], gpus: float, node_gpus: float) -> None:
+    held = 0.0
+    holders: list[str] = []
+    for s in steps:
+        if not s.num_gpus:
+            continue
+        if s.num_gpus > node_gpus + 1e-9:
+            raise PlanError(f"stage {s.label!r} needs {s.num_gpus:g} GPUs per worker, but no node has more than {node_gpus:g}")
+        need = s.num_gpus * s.workers[0]
+        if held + need > gpus + 1e-9:
+            others = f" ({', '.join(holders)} hold {held:g})" if holders else ""
+            raise PlanError(
+                f"stage {s.label!r} needs {need:g} GPU(s) for {s.workers[0]} actor(s), but only {max(0.0, gpus - held):g} "
+                f"of the cluster's {gpus:g} GPUs are left{others}: give the model stages fractional num_gpus "
+                f"(execution.stages.NAME.num_gpus: 0.5 shares a GPU) or run on more GPUs"
+            )
+        held += need
+        holders.append(s.label)
+
+
+def _check_memory(steps: list[StepReservation], memory_gb: float) -> None:
+    held = 0.0
+    for s in steps:
+        need = s.minimum()[2]
+        if need and held + need > memory_gb + 1e-9:
+            raise PlanError(
+                f"stage {s.label!r} reserves {need:g} GiB of memory, but only {max(0.0, memory_gb - held):.1f} "
+                f"of the cluster's {memory_gb:.1f} GiB are left for it: lower its memory_gb or add memory"
+            )
+        held += need
+
+
+def _floor(value: float) -> float:
+    return int(value / _GRAIN) * _GRAIN
