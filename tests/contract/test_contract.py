@@ -159,6 +159,7 @@ def test_filter_chains_can_be_included_between_stages(tmp_path: Path) -> None:
     assert [s.name for s in plan.stages] == ["candidates", "pixel_change", "select"]
 
 
+@pytest.mark.slow
 def test_a_gpu_declared_stage_gets_its_gpu_on_ray(tmp_path: Path) -> None:
     """Ray with one (logical) GPU: the stage asked for none in the recipe and still gets it."""
     recipe = write_recipe(tmp_path, BEST_OF_N.replace("  - kind: select", "  - kind: gpu_probe\n  - kind: select")

@@ -27,26 +27,11 @@ def test_the_editor_recipe_builds_tiny_on_ray_and_loads_with_datasets(tmp_path: 
 
 @pytest.mark.slow
 def test_the_reedit_recipe_rejudges_an_existing_dataset_on_ray_and_loads_with_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
-
     import datasets
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
 
-    from tests.helpers.stage_cases import photo
+    from tests.helpers.stage_cases import write_edit_dataset
 
-    def png(array: np.ndarray) -> dict:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, "PNG")
-        return {"bytes": buffer.getvalue(), "path": None}
-
-    folder = tmp_path / "data" / "reedit"
-    folder.mkdir(parents=True)
-    old = [np.clip(photo(i, 48).astype(np.int16) + 50, 0, 255).astype(np.uint8) for i in range(2)]
-    rows = [{"source_image": png(photo(i, 48)), "instruction": f"make picture {i} brighter", "target_image": png(old[i])} for i in range(2)]
-    pq.write_table(pa.Table.from_pylist(rows), folder / "edits.parquet")
+    write_edit_dataset(tmp_path / "data" / "reedit", 2)
     monkeypatch.chdir(tmp_path)  # the recipe reads data/reedit relative to the working directory
     assert main(["build", str(RECIPES / "reedit.yaml"), "--tiny", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     kept = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "data"), split="train")

@@ -17,6 +17,7 @@ from crispedit.engine import build
 from crispedit.engine.plan import with_shard_size
 from crispedit.recipe import load_plan
 from tests.helpers.recipes import RECIPES
+from tests.helpers.stage_cases import write_edit_dataset
 
 ITEMS = 2
 
@@ -35,6 +36,11 @@ def test_the_recipe_builds_on_ray_with_the_bytes_of_the_local_runner(
         # an absolute folder: Ray's workers do not share the test's working directory
         path = tmp_path / recipe
         path.write_text((RECIPES / recipe).read_text().replace("folder: out/video_demo/videos", f"folder: {videos}"))
+    if recipe == "reedit.yaml":  # it re-edits an existing dataset: write a small one, named by an absolute path
+        folder = tmp_path / "reedit"
+        write_edit_dataset(folder, 2)
+        path = tmp_path / recipe
+        path.write_text((RECIPES / recipe).read_text().replace("files: [data/reedit]", f"files: [{folder}]"))
     outs = {runner: tmp_path / runner for runner in ("ray", "local")}
     for runner, out in outs.items():
         result = build(with_shard_size(load_plan(path, tiny=True, out=out), ITEMS), runner=runner, max_shards=1, progress=False)

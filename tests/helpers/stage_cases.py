@@ -34,6 +34,20 @@ def photo(seed: int, size: int = 32) -> np.ndarray:
     return image
 
 
+def write_edit_dataset(folder: Path, n: int, size: int = 48) -> Path:
+    """An existing editing dataset as re-edit recipes read it: Parquet of (source_image, instruction, target_image)."""
+    def png(array: np.ndarray) -> dict:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"source_image": png(photo(i, size)), "instruction": f"make picture {i} brighter",
+             "target_image": png(np.clip(photo(i, size).astype(np.int16) + 50, 0, 255).astype(np.uint8))} for i in range(n)]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "edits.parquet")
+    return folder
+
+
 def items(n: int = 3, **fields: Any) -> list[Sample]:
     out = []
     for i in range(n):

@@ -22,15 +22,18 @@ CONTEXT = BuildContext("presets", "presets", 0)
 CLIP = {"clip_dir", "clip_i", "clip_t_source", "clip_t_target"}
 DINO_MASK = {"dino_i", "mask_contours", "mask_coverage"}
 #: The gaps that remain, and why. mllm_judge needs an LLM endpoint no bundled recipe can assume; instruct_llm makes
-#: edit specifications only (no image pairs); quickstart, crispedit, ground and dit4edit load no CLIP (quickstart and
+#: edit specifications only (no image pairs); editor and reedit decide by pixel change and the judge (no CLIP), and reedit
+#: keeps an old target that may be the better one (no pixel_l1 floor); quickstart, crispedit, ground and dit4edit load no CLIP (quickstart and
 #: ground are the model-light demos); style, world and quickstart make global edits without masks, so UltraEdit's mask
 #: rule has nothing to decide on.
 GAPS: dict[str, dict[str, set[str]]] = {
     "crispedit": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "dit4edit": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i", "dino_i"}},
+    "editor": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "ground": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i", "dino_i"}},
     "instruct_llm": {"basic": {"pixel_l1"}, "ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "quickstart": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
+    "reedit": {"basic": {"pixel_l1"}, "ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "style": {"ultraedit": {"mask_contours", "mask_coverage"}},
     "video": {"ultraedit": {"mask_contours", "mask_coverage"}},
     "world": {"ultraedit": {"mask_contours", "mask_coverage"}},
@@ -64,7 +67,8 @@ def test_each_recipe_scores_what_each_bundled_chain_decides_on_but_the_listed_ga
     have = scored(recipe, tmp_path)
     gaps = {preset: missing for preset in bundled("filters") if preset != "mllm_judge" and (missing := needed(preset) - have)}
     assert gaps == GAPS.get(recipe, {})
-    assert not {"judge_semantics", "judge_quality"} & have  # no recipe needs an LLM judge endpoint to build
+    if recipe != "reedit":  # reedit's point is judging old and new targets (GPT-Image-Edit's approach): it needs an endpoint
+        assert not {"judge_semantics", "judge_quality"} & have  # no other recipe needs an LLM judge endpoint to build
 
 
 def test_style_and_world_score_dino_i_for_ultraedit(tmp_path: Path) -> None:
