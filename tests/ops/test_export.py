@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -35,26 +36,40 @@ stages:
     min_l1: 0.0
   - kind: judge
     llm: {{base_url: "{url}", model: local-judge, api_key_env: null, timeout: 2, max_retries: 1}}
-    min_quality: 5
+    min_semantics: 5
   - kind: select
     score: pixel_l1
 """
 
 
-def quality_by_brightness(body: dict[str, Any]) -> dict[str, Any]:
-    """A judge whose quality verdict depends on the edited image alone (its mean value), so siblings differ."""
-    schema = request_schema(body)
-    if "naturalness" not in schema["properties"]:
-        return {"reasoning": "followed", "editing_success": 8, "over_editing": 8}
-    url = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"][0]
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(url["image_url"]["url"].split(",", 1)[1]))))
-    return {"reasoning": "looked", "naturalness": 9, "artifacts": 9 - 3 * (int(image.mean()) % 3)}
+class SiblingJudge:
+    """A judge that refuses the second candidate of each photo to reach it and passes the others, lower for the third.
+
+    Ids (so the candidates' seeded brightness) change with the server's port, which the recipe names; verdicts drawn
+    from the arrival order among a photo's siblings (the source image in the semantics request says which photo)
+    keep the counts the same on every run: per photo one judge reject, one select loser, one kept pair.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: Counter[bytes] = Counter()
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        if "naturalness" in request_schema(body)["properties"]:
+            return {"reasoning": "clean", "naturalness": 9, "artifacts": 9}
+        urls = [p["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
+                for p in m["content"] if p["type"] == "image_url"]
+        source = base64.b64decode(urls[0].split(",", 1)[1])
+        with self.lock:
+            arrival = self.seen[source]
+            self.seen[source] += 1
+        return {"reasoning": "looked", "editing_success": (9, 3, 8)[arrival % 3], "over_editing": 9}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("export")
-    with LLMServer(responder=quality_by_brightness) as server:
+    with LLMServer(responder=SiblingJudge()) as server:
         plan = load_plan(write_recipe(folder, RECIPE.format(url=server.url)), out=folder / "out")
         build(plan, runner="local", progress=False)
     yield folder / "out"
@@ -85,8 +100,9 @@ def test_preference_pairs_are_the_expected_ones_and_load_with_datasets(built: Pa
     assert list(pairs.features)[:4] == ["images", "prompt", "chosen", "rejected"]  # TRL's vision DPO columns
     assert isinstance(pairs.features["chosen"], datasets.Image) and isinstance(pairs[0]["rejected"], Image.Image)
     assert {(r["chosen_id"], r["rejected_id"], r["origin"]) for r in pairs} == expected_pairs(built, "pixel_l1")
-    losers = [r for r in table(built, "rejects") if r["stage"] == "select"]
-    assert report["rows"] == len(pairs) and report["pairs"]["best_of_n"] == len(losers)  # every select loser is worse by its score
+    kept = {r["parent_id"]: r["pixel_l1"] for r in table(built, "data")}
+    worse = [r for r in table(built, "rejects") if r["stage"] == "select" and r["pixel_l1"] < kept[r["parent_id"]]]
+    assert report["rows"] == len(pairs) and report["pairs"]["best_of_n"] == len(worse)  # a loser tied with the winner is no pair
     rows = {r["id"]: r for r in table(built, "data") + table(built, "rejects")}
     raw = pq.read_table(sorted((tmp_path / "pairs" / "data").glob("*.parquet"))[0]).to_pylist()[0]
     chosen, rejected = rows[raw["chosen_id"]], rows[raw["rejected_id"]]
@@ -98,13 +114,16 @@ def test_preference_pairs_are_the_expected_ones_and_load_with_datasets(built: Pa
 
 
 def test_the_margin_comes_from_the_named_score_and_a_minimum_drops_close_pairs(built: Path, tmp_path: Path) -> None:
-    by_judge = export_preference(built, tmp_path / "judge", score="judge_quality")
+    by_judge = export_preference(built, tmp_path / "judge", score="judge_semantics")
     got = pq.read_table(tmp_path / "judge" / "data").to_pylist()
-    assert {(r["chosen_id"], r["rejected_id"], r["origin"]) for r in got} == expected_pairs(built, "judge_quality")
-    assert by_judge["pairs"].get("filter_reject") and all(r["score"] == "judge_quality" for r in got)
-    margins = sorted(r["margin"] for r in pq.read_table(tmp_path / "judge" / "data").to_pylist())
-    cut = export_preference(built, tmp_path / "cut", score="judge_quality", min_margin=margins[-1])
-    assert cut["rows"] == margins.count(margins[-1]) and cut["skipped"][f"margin below {margins[-1]:g}"] == len(margins) - cut["rows"]
+    assert {(r["chosen_id"], r["rejected_id"], r["origin"]) for r in got} == expected_pairs(built, "judge_semantics")
+    assert by_judge["pairs"].get("filter_reject") == 3 and all(r["score"] == "judge_semantics" for r in got)
+    export_preference(built, tmp_path / "l1")
+    margins = sorted(r["margin"] for r in pq.read_table(tmp_path / "l1" / "data").to_pylist())
+    assert margins[0] < margins[-1]  # pixel_l1 margins of different photos differ
+    cut = export_preference(built, tmp_path / "cut", min_margin=margins[-1])
+    top = margins.count(margins[-1])
+    assert cut["rows"] == top and cut["skipped"][f"margin below {margins[-1]:g}"] == len(margins) - top
 
 
 def test_the_diffusion_dpo_layout_has_pick_a_pic_columns(built: Path, tmp_path: Path) -> None:
