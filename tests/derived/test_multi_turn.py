@@ -47,6 +47,7 @@ def decoded(cell: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
 
 
+@pytest.mark.slow  # ~5 s: two chains of real stages and the tiny CLIP/DINOv2 twins
 def test_a_three_turn_chain_whose_second_turn_damages_the_background_stops_there(tmp_path: Path) -> None:
     plan = load_plan(write_recipe(tmp_path, DAMAGE), out=tmp_path / "out")
     build(plan, runner="local", progress=False)
