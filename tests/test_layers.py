@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "models": 1,
     "sources": 2, "instruct": 2, "classical": 2, "sdxl": 2, "dit4edit": 2, "masks": 2, "video": 2, "filters": 2, "mgt": 2,
     "editors": 2,
+    "derived": 2,
     "recipe": 3, "engine": 3, "ops": 3, "publish": 3,
     "cli": 4,
 }

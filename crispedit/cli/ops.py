@@ -1,4 +1,4 @@
-"""``crispedit refilter`` and ``crispedit dedupe``: new committed datasets from a finished build, no models."""
+"""``crispedit refilter``, ``dedupe`` and ``export``: new datasets from a finished build, no models."""
 
 from __future__ import annotations
 
@@ -49,6 +49,27 @@ def register(commands: Any) -> None:
     dedupe.add_argument("--overwrite", action="store_true", help="replace a different dataset at --to")
     dedupe.add_argument("--json", action="store_true", help="print the report as JSON")
     dedupe.set_defaults(func=_dedupe)
+
+    export = commands.add_parser(
+        "export",
+        help="write a build's preference pairs (chosen vs rejected candidates) or its multi-turn chains (MagicBrush layout)",
+        description="--preference: every kept candidate against each sibling a select or a filter refused (its images kept), "
+        "with the margin of one score; --magicbrush: the kept turns of multi-turn chains. Images are copied, never re-encoded.",
+    )
+    export.add_argument("out", help="the build's output directory (or URL)")
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--preference", action="store_true", help="(source, instruction, chosen, rejected, scores, margin) pairs")
+    what.add_argument("--magicbrush", action="store_true", help="chains as img_id, turn_index, source_img, mask_img, instruction, target_img")
+    export.add_argument("--to", required=True, help="where to write the export (a new or empty folder, or an earlier export)")
+    export.add_argument("--layout", choices=["trl", "diffusion-dpo"], default="trl",
+                        help="--preference columns: trl (images, prompt, chosen, rejected) or diffusion-dpo (caption, jpg_0, jpg_1, label_0)")
+    export.add_argument("--score", help="the score that ranks siblings and gives the margin (default: the build's select score)")
+    export.add_argument("--min-margin", type=float, default=0.0, help="leave out pairs whose margin is below this (default 0; ties never count)")
+    export.add_argument("--lower-is-better", action="store_true", default=None,
+                        help="--score ranks ascending (default: the select stage's direction, else higher is better)")
+    export.add_argument("--overwrite", action="store_true", help="replace a different export at --to")
+    export.add_argument("--json", action="store_true", help="print the report as JSON")
+    export.set_defaults(func=_export)
 
 
 def _refilter(args: argparse.Namespace) -> int:
@@ -105,6 +126,28 @@ def _dedupe(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print(report, args.json)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from crispedit.ops.export import export_magicbrush, export_preference
+    from crispedit.ops.refilter import RefilterError
+
+    try:
+        if args.preference:
+            report = export_preference(args.out, args.to, layout=args.layout, score=args.score, min_margin=args.min_margin,
+                                       lower_is_better=args.lower_is_better, overwrite=args.overwrite)
+        else:
+            report = export_magicbrush(args.out, args.to, overwrite=args.overwrite)
+    except (RefilterError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        kind = "preference pairs" if args.preference else "chain turns"
+        print(f"{report['out']}: {report['rows']} {kind} in {report['shards']} files" + "".join(
+            f"; skipped {n} ({why})" for why, n in (report.get("skipped") or {}).items()))
     return 0
 
 

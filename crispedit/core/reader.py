@@ -154,10 +154,28 @@ class BuildReader:
     def rejects_table(self, shard: ShardRange) -> pa.Table:
         return self._table(self.rejects_key(shard))
 
-    def order_keys(self, shard: ShardRange, ids: list[str], parent_ids: list[str | None]) -> list[str | None]:
-        """Each row's build order key (``Sample.order_key``), traced back from its id; None when untraceable."""
+    def table_order_keys(self, shard: ShardRange, table: pa.Table) -> list[str | None]:
+        """:meth:`order_keys` of a shard's data or rejects table (its ``lineage`` column used where it has one)."""
+        lineages = table.column("lineage").to_pylist() if "lineage" in table.column_names else None
+        return self.order_keys(shard, table.column("id").to_pylist(), table.column("parent_id").to_pylist(), lineages)
+
+    def order_keys(self, shard: ShardRange, ids: list[str], parent_ids: list[str | None],
+                   lineages: list[list[int] | None] | None = None) -> list[str | None]:
+        """Each row's build order key (``Sample.order_key``), traced back from its id; None when untraceable.
+
+        A child of a source item is found from its parent's id; a deeper descendant (a pair derived
+        from a candidate, an inverse of a turn) from its ``lineage``: the id its item's root reaches
+        by following the lineage's positions must be its own.
+        """
         roots = {sample_id(self.fingerprint, i): i for i in range(shard.start, shard.end)}
         children: dict[str, dict[str, int]] = {}
+        below: dict[tuple[int, ...], dict[str, int]] = {(): roots}
+
+        def descendants(prefix: tuple[int, ...]) -> dict[str, int]:
+            """The ids at ``prefix`` under every root of the shard -> the root's item index."""
+            if prefix not in below:
+                below[prefix] = {child_id(node, prefix[-1]): index for node, index in descendants(prefix[:-1]).items()}
+            return below[prefix]
 
         def position(parent: str, child: str) -> int | None:
             known = children.setdefault(parent, {})
@@ -170,9 +188,12 @@ class BuildReader:
             return None
 
         keys: list[str | None] = []
-        for row_id, parent in zip(ids, parent_ids, strict=True):
+        for n, (row_id, parent) in enumerate(zip(ids, parent_ids, strict=True)):
+            lineage = tuple(lineages[n] or ()) if lineages is not None else ()
             if row_id in roots:
                 keys.append(f"{roots[row_id]:012d}")
+            elif len(lineage) > 1 and row_id in (found := descendants(lineage)):
+                keys.append(f"{found[row_id]:012d}" + "".join(f".{p:06d}" for p in lineage))
             elif parent is not None and parent in roots and (p := position(parent, row_id)) is not None:
                 keys.append(f"{roots[parent]:012d}.{p:06d}")
             else:

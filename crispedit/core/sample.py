@@ -7,7 +7,9 @@ Identity: a source item's sample has ``id = H(fingerprint, index)``. A stage may
 sample by children (one video gives several pairs, one prompt N candidates); a child's id
 is ``H(parent id, position)`` and its ``lineage`` is the parent's plus its position, so ids
 stay deterministic and ``(index, lineage)`` orders every row of a shard the same way on
-every runner. Random choices use :meth:`Sample.seed`, which derives from the id.
+every runner. A stage may also return a sample followed by children derived from it (an
+inverse or composed pair beside the pair it came from). Random choices use
+:meth:`Sample.seed`, which derives from the id.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class Sample:
     parent_id: str | None = None
     #: Positions of this sample among its ancestors' children: () for a source item.
     lineage: tuple[int, ...] = ()
+    #: Its place in a multi-turn chain (1 = the first edit of the original image); None outside chains.
+    turn: int | None = None
     #: (stage, seconds charged, counted as an input) for every stage that handled it alive.
     #: The shard's stats are computed from these, on whichever worker writes it.
     trace: list[tuple[str, float, bool]] = field(default_factory=list)

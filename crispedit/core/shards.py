@@ -89,6 +89,8 @@ def record_features(score_columns: Iterable[str]) -> Any:
     features["width"] = Value("int32")
     features["height"] = Value("int32")
     features["parent_id"] = Value("string")
+    features["turn"] = Value("int32")
+    features["lineage"] = List(Value("int32"))
     return Features(features)
 
 
@@ -266,6 +268,8 @@ class ShardStore:
                 "width": width,
                 "height": height,
                 "parent_id": s.parent_id,
+                "turn": s.turn,
+                "lineage": list(s.lineage),
                 "index": s.index,
                 "source_ref": s.source_ref,
                 "stage": s.reject.stage if s.reject else None,

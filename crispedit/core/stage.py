@@ -2,7 +2,8 @@
 
 A stage is a class with ``setup()`` (load models once per worker) and
 ``__call__(batch) -> batch``. For each input sample, in order, a stage returns the sample
-itself (maybe rejected with a reason) or one or more children (``sample.spawn(k)``). The
+itself (maybe rejected with a reason), one or more children (``sample.spawn(k)``), or the
+sample followed by children derived from it (an inverse pair beside its forward pair). The
 same class runs in-process and inside a Ray actor or task; the engine decides where from
 what the class declares here (resources, batch size, inputs and outputs).
 
@@ -123,7 +124,7 @@ class Stage(ABC, Generic[P]):
 
     @abstractmethod
     def __call__(self, batch: list[Sample]) -> list[Sample]:
-        """Return, for each input in order, the sample itself (maybe failed) or its children."""
+        """Return, for each input in order, the sample itself (maybe failed), its children, or itself then its children."""
 
     def accepts(self, sample: Sample) -> bool:
         """Which samples the stage is given: live ones (filters also score filtered rejects)."""

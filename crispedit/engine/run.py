@@ -113,23 +113,25 @@ def _account(name: str, original: Sample, produced: list[Sample], share: float) 
 
 
 def _checked_call(stage: Callable[[list[Sample]], list[Sample]], name: str, batch: list[Sample]) -> list[list[Sample]]:
-    """Call the stage on copies and group its outputs by input: itself, or its children in order.
+    """Call the stage on copies and group its outputs by input: itself, its children, or itself then its children.
 
     Copies keep a failed batch from leaving half-made changes on the samples retried alone.
     """
     copies = [s.clone() for s in batch]
     out = stage(copies)
     grouped: list[list[Sample]] = []
+    given = {s.id for s in batch}  # a pair and the inverse derived from it may both be inputs: each output is its own
     position = 0
     for original in batch:
         group: list[Sample] = []
-        while position < len(out) and (out[position].id == original.id or out[position].parent_id == original.id):
+        while position < len(out) and (out[position].id == original.id
+                                       or (out[position].parent_id == original.id and out[position].id not in given)):
             group.append(out[position])
             position += 1
         if not group:
             raise RuntimeError(f"stage {name!r} returned nothing for sample {original.id}; reject it with a reason instead")
-        if len(group) > 1 and any(s.id == original.id for s in group):
-            raise RuntimeError(f"stage {name!r} returned sample {original.id} together with its children")
+        if any(s.id == original.id for s in group[1:]):  # itself first, then what it derived (an inverse pair)
+            raise RuntimeError(f"stage {name!r} returned sample {original.id} after its children (or twice); return it first")
         ids = [s.id for s in group]
         if len(set(ids)) != len(ids):
             raise RuntimeError(f"stage {name!r} returned two children with the same id (reuse of a position)")

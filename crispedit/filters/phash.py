@@ -277,7 +277,7 @@ def build_pairs(out: str | Path) -> list[tuple[str, str, PairHash]]:
     rows: list[tuple[str, str, PairHash]] = []
     for shard in reader.shards():
         data = reader.data_table(shard)
-        keys = reader.order_keys(shard, data.column("id").to_pylist(), data.column("parent_id").to_pylist())
+        keys = reader.table_order_keys(shard, data)
         provenance = data.column("provenance").to_pylist()
         sources, targets = data.column("source_image").to_pylist(), data.column("target_image").to_pylist()
         for key, row_id, prov, src, tgt in zip(keys, data.column("id").to_pylist(), provenance, sources, targets, strict=True):

@@ -166,17 +166,16 @@ def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tupl
     """A shard's data and rejects as one part table (the reject schema plus ``_order``), and its rows without images."""
     data = reader.data_table(shard)
     rejects = reader.rejects_table(shard)
-    data_ids, data_parents = data.column("id").to_pylist(), data.column("parent_id").to_pylist()
-    data_keys = reader.order_keys(shard, data_ids, data_parents)
+    data_keys = reader.table_order_keys(shard, data)
     data_index = [int(k[:12]) if k is not None else None for k in data_keys]
     refs = [_provenance_ref(p) for p in data.column("provenance").to_pylist()]
     extra = {"index": pa.array(data_index, pa.int64()), "source_ref": pa.array(refs, pa.string()),
              "stage": pa.nulls(data.num_rows, pa.string()), "reason": pa.nulls(data.num_rows, pa.string())}
     for name, column in extra.items():
         data = data.append_column(name, column)
-    reject_keys = reader.order_keys(shard, rejects.column("id").to_pylist(), rejects.column("parent_id").to_pylist())
+    reject_keys = reader.table_order_keys(shard, rejects)
     schema = store.reject_schema
-    table = pa.concat_tables([data.select(schema.names).cast(schema), rejects.select(schema.names).cast(schema)])
+    table = pa.concat_tables([_fitted(data, schema), _fitted(rejects, schema)])
     keys = data_keys + reject_keys
     indices = data_index + rejects.column("index").to_pylist()
     untraced = 0
@@ -195,6 +194,14 @@ def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tupl
     for row, a, b in zip(rows, has_src, has_tgt, strict=True):
         row["has_images"] = bool(a or b)
     return table, rows
+
+
+def _fitted(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``'s columns; a column an older build did not write yet (``turn``, ``lineage``) is null."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def _summary(reader: BuildReader, target: Output, note: dict[str, Any] | None) -> dict[str, Any]:

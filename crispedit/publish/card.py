@@ -35,7 +35,9 @@ ASSETS_DIR = "assets"
 #: What the standard columns mean (docs/record.md); other columns are described from the schema.
 COLUMN_DOCS = {
     "id": "stable id: a digest of the recipe fingerprint and the item (children: of the parent id and position)",
-    "parent_id": "id of the sample this one was derived from (fan-out), if any",
+    "parent_id": "id of the sample this one was derived from (fan-out, an inverse's pair, a chain turn's item), if any",
+    "turn": "place in a multi-turn chain (1 = the first edit of the original image); empty outside chains",
+    "lineage": "positions among the ancestors' children (with the item, the row's place in the build)",
     "source_image": "the image before the edit",
     "target_image": "the image after the edit",
     "mask": "8-bit soft mask of the edit region (255 = edited); empty for whole-image edits",

@@ -10,6 +10,7 @@ stays instant (tests/recipe/test_recipe.py checks it).
 from crispedit.classical import copy, stages  # noqa: F401
 from crispedit.core.source import SOURCES
 from crispedit.core.stage import STAGES
+from crispedit.derived.stages import compose, inverse, multi_turn  # noqa: F401
 from crispedit.dit4edit import stages as dit4edit_stages  # noqa: F401
 from crispedit.editors import edit_model, recaption  # noqa: F401
 from crispedit.filters import (  # noqa: F401

@@ -292,3 +292,33 @@ STAGE_CASES["edit_model"] = StageCase(
     lambda: pairs(2),
 )
 STAGE_CASES["recaption"] = StageCase({"backend": "template", "languages": ["zh"]}, pairs)
+# --- derived pairs (crispedit/derived/stages): inverses, composites of chain turns, multi-turn chains ---
+
+
+def with_inverses(n: int = 3) -> list[Sample]:
+    """Pairs that carry their inverse instruction, the last one without (its inverse is a reject with the reason)."""
+    out = pairs(n)
+    for s in out[:-1]:
+        s.inverse_instruction = "make it darker"
+    return out
+
+
+def chain_turns(chains: int = 2, turns: int = 3) -> list[Sample]:
+    """What a multi_turn stage hands on: per item, turns 1..K as its children, each edited from the one before."""
+    out = []
+    for item in items(chains):
+        image = item.source_image
+        for k in range(1, turns + 1):
+            target = np.clip(image.astype(np.int16) + 20, 0, 255).astype(np.uint8)
+            out.append(item.spawn(k, turn=k, source_image=image, target_image=target, instruction=f"brighten it, step {k}",
+                                  inverse_instruction=f"darken it, step {k}", target_caption=f"{item.source_caption}, step {k}"))
+            image = target
+    return out
+
+
+STAGE_CASES["inverse"] = StageCase({}, with_inverses, optional={"inverse_instruction"})  # the last pair has none to be had
+STAGE_CASES["compose"] = StageCase({"spans": "all"}, chain_turns)
+STAGE_CASES["multi_turn"] = StageCase(
+    {"turns": 2, "stages": [{"kind": "instruct"}, {"kind": "classical"}], "clip_model": "tiny", "dino_model": "tiny"},
+    lambda: items(2),
+)

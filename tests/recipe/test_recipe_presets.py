@@ -25,13 +25,14 @@ DINO_MASK = {"dino_i", "mask_contours", "mask_coverage"}
 #: edit specifications only (no image pairs); editor and reedit decide by pixel change and the judge (no CLIP), and reedit
 #: keeps an old target that may be the better one (no pixel_l1 floor); quickstart, crispedit, ground and dit4edit load no CLIP (quickstart and
 #: ground are the model-light demos); style, world and quickstart make global edits without masks, so UltraEdit's mask
-#: rule has nothing to decide on.
+#: rule has nothing to decide on; multi_turn's turns are global classical edits (no masks) either.
 GAPS: dict[str, dict[str, set[str]]] = {
     "crispedit": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "dit4edit": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i", "dino_i"}},
     "editor": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "ground": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i", "dino_i"}},
     "instruct_llm": {"basic": {"pixel_l1"}, "ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
+    "multi_turn": {"ultraedit": {"mask_contours", "mask_coverage"}},
     "quickstart": {"ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "reedit": {"basic": {"pixel_l1"}, "ip2p": CLIP, "ultraedit": {"clip_dir", "clip_i"} | DINO_MASK},
     "style": {"ultraedit": {"mask_contours", "mask_coverage"}},
