@@ -22,7 +22,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from crispedit.core.redact import scrub_url
 from crispedit.core.sample import Sample
 from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.models.llm import LLMSettings
@@ -152,11 +151,7 @@ class RecaptionStage(LLMStage, Stage[RecaptionParams]):
         return ["recaption_match"]
 
     def model_ids(self) -> dict[str, str]:
-        if self.params.backend != "openai" or self.params.llm is None:
-            return {}
-        if self.context.tiny:
-            return {"recaption": "template (tiny)"}
-        return {"recaption": f"{self.params.llm.model} @ {scrub_url(self.params.llm.base_url)}"}
+        return self.llm_model_ids("recaption")
 
     def llm_cache_dir(self) -> Any:
         return self.context.cache_dir if self.params.cache else None

@@ -26,7 +26,6 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crispedit.classical.edits import EDITS
-from crispedit.core.redact import scrub_url
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Stage, StageParams, register_stage
 from crispedit.instruct.specs import NoObject, answer_model, template_spec
@@ -142,11 +141,7 @@ class InstructStage(LLMStage, Stage[InstructParams]):
         return out
 
     def model_ids(self) -> dict[str, str]:
-        if self.params.backend != "openai" or self.params.llm is None:
-            return {}
-        if self.context.tiny:
-            return {"llm": "template (tiny)"}
-        return {"llm": f"{self.params.llm.model} at {scrub_url(self.params.llm.base_url)}"}
+        return self.llm_model_ids()
 
     # -- running --------------------------------------------------------------------------
     def __call__(self, batch: list[Sample]) -> list[Sample]:

@@ -76,6 +76,17 @@ class LLMStage:
             assert self.params.llm is not None  # type: ignore[attr-defined]
             self.client = LLMClient(self.params.llm, self.llm_cache_dir(), stage=self.name)  # type: ignore[attr-defined]
 
+    def llm_model_ids(self, key: str = "llm") -> dict[str, str]:
+        """The model an LLM backend asks, for provenance: its endpoint without credentials; none for a template."""
+        from crispedit.core.redact import scrub_url
+
+        llm = getattr(self.params, "llm", None)  # type: ignore[attr-defined]
+        if getattr(self.params, "backend", None) != "openai" or llm is None:  # type: ignore[attr-defined]
+            return {}
+        if self.context.tiny:  # type: ignore[attr-defined]
+            return {key: "template (tiny)"}
+        return {key: f"{llm.model} at {scrub_url(llm.base_url)}"}
+
     def warn_offline(self, what: str) -> None:
         """Say once per worker that ``--tiny`` answers offline an LLM backend would have been asked."""
         if getattr(self.params, "backend", None) == "openai" and not self._warned_offline:  # type: ignore[attr-defined]

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from crispedit.core.redact import scrub_url
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import StageParams
 from crispedit.models.llm import LLMSettings
@@ -61,11 +60,7 @@ class WordsStage(LLMStage):
         return f"llm:{self.params.llm.model}" if self.live else "template"
 
     def model_ids(self) -> dict[str, str]:
-        if self.params.backend != "openai" or self.params.llm is None:
-            return {}
-        if self.context.tiny:
-            return {"llm": "template (tiny)"}
-        return {"llm": f"{self.params.llm.model} at {scrub_url(self.params.llm.base_url)}"}
+        return self.llm_model_ids()
 
     def ask(self, asks: Sequence[Ask]) -> list[Any]:
         """The validated answers, in order; a row whose answer stays invalid is rejected (its answer is None)."""
