@@ -7,6 +7,7 @@ here runs a stage.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,8 @@ class BuildMeta:
     provenance: dict[str, Any]
     stage_order: list[str]
     breaker: Breaker
+    #: The driver's working directory: a recipe's relative paths mean the same on every worker.
+    workdir: str = ""
 
 
 def build_meta(plan: BuildPlan) -> BuildMeta:
@@ -108,6 +111,7 @@ def build_meta(plan: BuildPlan) -> BuildMeta:
     return BuildMeta(
         columns, provenance, ["source", *(s.name for s in stages)],
         Breaker(execution.breaker_min_failures, execution.breaker_fraction),
+        os.getcwd(),
     )
 
 

@@ -8,6 +8,7 @@ into tasks). Rows between segments are families pickled into Arrow tables.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 from collections import defaultdict
@@ -57,6 +58,18 @@ def transport_row(shard: ShardRange, kind: str, payload: bytes | None = None, in
             "info": None if info is None else json.dumps(info)}
 
 
+def enter_workdir(workdir: str) -> None:
+    """Work from the driver's directory where this node has it.
+
+    Recipes' relative paths (source files, list files, path cells without ``base``) are
+    relative to where ``crispedit`` was run; a Ray worker starts wherever its raylet or an
+    earlier job left it. On a node without that directory the worker stays put, and a
+    relative path then fails as "no such file", never by reading another folder's file.
+    """
+    if workdir and os.path.isdir(workdir) and os.getcwd() != workdir:
+        os.chdir(workdir)
+
+
 class Segment:
     """Some consecutive steps run by one worker (a Ray task or actor, or the local runner).
 
@@ -67,6 +80,7 @@ class Segment:
 
     def __init__(self, plan_json: str, steps: list[Step], meta: BuildMeta) -> None:
         install_log_scrubber()  # a Ray worker's logs carry no credential either
+        enter_workdir(meta.workdir)
         self.plan = thaw_plan(plan_json)
         self.steps, self.meta = steps, meta
         context = context_for(self.plan)
@@ -79,6 +93,7 @@ class Segment:
             stage.setup()
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        enter_workdir(self.meta.workdir)  # a reused worker may have served another build since
         rows = batch.to_pylist()
         passing = [r for r in rows if r["kind"] in ("transient", "broken")]
         if passing:

@@ -99,3 +99,24 @@ def test_a_filter_skips_filter_rejects_that_lack_what_it_reads() -> None:
     out = apply_stage(stage, "pixel_change", [early, late], batch_size=8)
     assert "pixel_l1" not in out[0].scores and out[1].scores["pixel_l1"] == pytest.approx(1 / 255)
     assert out[1].reject.stage == "clip_filter"  # scored, not re-decided
+
+
+@pytest.mark.slow
+def test_relative_source_paths_mean_the_drivers_directory_on_ray_workers(ray_local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray (started by the fixture from the repository root) keeps its workers' directory; the recipe's relative
+    folder is the one under the directory crispedit runs from, on every worker as on the driver."""
+    from PIL import Image
+
+    from tests.helpers.recipes import write_recipe
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 40 * (i + 1), np.uint8)).save(photos / f"p{i}.png")
+    text = QUICKSTART.read_text(encoding="utf-8").replace("kind: skimage", "kind: folder\n  folder: photos")
+    recipe = write_recipe(tmp_path, text)
+    monkeypatch.chdir(tmp_path)
+    result = build(load_plan(recipe, out=tmp_path / "ray"), runner="ray", progress=False)
+    build(load_plan(recipe, out=tmp_path / "local"), runner="local", progress=False)
+    assert result.shards_built == 1
+    assert_same_files(tmp_path / "ray", tmp_path / "local")
