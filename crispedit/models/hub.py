@@ -200,10 +200,11 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def model_listing(model: ModelFiles) -> tuple[str | None, dict[str, int]]:
-    """(commit, {path: size}) of the model's revision on the Hub, through ``model_info(files_metadata=True)``."""
+def model_listing(model: ModelFiles) -> tuple[str | None, dict[str, int], str | None]:
+    """(commit, {path: size}, the model card's licence tag) of the model's revision, from ``model_info(files_metadata=True)``."""
     info = _api().model_info(model.spec.id, revision=model.spec.revision, files_metadata=True)
-    return info.sha, {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+    card_license = (info.card_data or {}).get("license") if info.card_data is not None else None
+    return info.sha, {s.rfilename: int(s.size or 0) for s in info.siblings or []}, card_license
 
 
 def pipeline_components(model: ModelFiles) -> ModelFiles:
@@ -296,7 +297,11 @@ def download(model: ModelFiles, cache_dir: str | Path | None = None, listing: Se
 
 
 def report(stage: str, key: str, model: ModelFiles, online: bool = True) -> ModelReport:
-    """The row for one model: patterns, and with the Hub reachable the files they select, their size and the commit."""
+    """The row for one model: patterns, and with the Hub reachable the files they select, their size and the commit.
+
+    The licence is crispedit/models/terms.py's for the id, else the model card's ``license`` tag (as the
+    dataset card reads it), else unknown.
+    """
     from crispedit.models.terms import terms_for
 
     terms = terms_for(model.spec.id)
@@ -307,7 +312,7 @@ def report(stage: str, key: str, model: ModelFiles, online: bool = True) -> Mode
         return row
     try:
         full = pipeline_components(model)
-        commit, sizes = model_listing(full)
+        commit, sizes, card_license = model_listing(full)
     except RevisionMismatch:
         raise
     except Exception as error:  # unreachable, gated, not found: the listing still says what would be fetched
@@ -318,6 +323,8 @@ def report(stage: str, key: str, model: ModelFiles, online: bool = True) -> Mode
     row.files = sorted(p for p in sizes if _matches(p, row.patterns))
     row.size = sum(sizes[p] for p in row.files)
     row.commit = commit
+    if terms is None and card_license:
+        row.license = f"{card_license} (the model card's tag)"
     return row
 
 

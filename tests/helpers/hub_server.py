@@ -67,6 +67,7 @@ class FakeHub:
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.models: dict[str, Repo] = {}
+        self.model_cards: dict[str, dict[str, Any]] = {}
         self.downloads: list[tuple[str, str, str]] = []  # (repo, revision, path) of every model file GET
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -113,8 +114,11 @@ class FakeHub:
         repo.log.append(summary)
         return oid
 
-    def add_model(self, repo_id: str, files: dict[str, bytes], commit: str | None = None) -> str:
-        """A public model repository holding ``files`` at ``commit`` (default: a hash of the content); its head."""
+    def add_model(self, repo_id: str, files: dict[str, bytes], commit: str | None = None, card: dict[str, Any] | None = None) -> str:
+        """A public model repository holding ``files`` at ``commit`` (default: a hash of the content); its head.
+        ``card`` is the model card's metadata (``model_info().card_data``: the licence tag...)."""
+        if card is not None:
+            self.model_cards[repo_id] = card
         stored = {}
         for path, data in files.items():
             if _is_lfs(path, len(data)):
@@ -239,7 +243,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                             entry["lfs"] = {"sha256": stored.sha256, "size": stored.size,
                                             "pointerSize": len(_pointer(stored.sha256, stored.size))}
                     siblings.append(entry)
-                self._send(200, {"id": m.group(1), "modelId": m.group(1), "sha": oid, "private": False, "siblings": siblings})
+                info = {"id": m.group(1), "modelId": m.group(1), "sha": oid, "private": False, "siblings": siblings}
+                if m.group(1) in hub.model_cards:
+                    info["cardData"] = hub.model_cards[m.group(1)]
+                self._send(200, info)
                 return True
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", url.path):
                 hub.requests["model_tree"] += 1

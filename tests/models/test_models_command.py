@@ -71,7 +71,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clip_files: dict[str, b
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("CRISPEDIT_OUTPUT_ROOT", str(tmp_path))
-    server.add_model(CLIP, {**clip_files, **UNUSED}, commit=PIN)
+    server.add_model(CLIP, {**clip_files, **UNUSED}, commit=PIN, card={"license": "test-licence"})
     try:
         yield server
     finally:
@@ -122,6 +122,7 @@ def test_sizes_come_from_the_hub_listing_and_unreachable_models_are_unknown(
     assert set(clip["files"]) == set(clip_files)  # every file the tiny CLIP has is one the loaders read
     assert clip["size"] == sum(len(data) for data in clip_files.values())
     assert clip["commit"] == PIN
+    assert clip["license"] == "test-licence (the model card's tag)"  # not in models/terms.py: the card's tag
     assert rows and all(m["size"] == "unknown" and m["files"] is None for m in rows.values())
 
 
