@@ -41,8 +41,7 @@ def _models(args: argparse.Namespace) -> int:
         rows = [report(stage, key, model, online=not args.offline) for stage, key, model in found]
         if args.download:
             for row, (_, _, model) in zip(rows, found, strict=True):
-                row.commit, row.files = download(model, args.to, row.files)
-                row.patterns = model.patterns(row.files) if not model.pipeline else row.patterns
+                row.commit, row.files = download(model, args.to, row.patterns if row.files is not None else None)
     except RevisionMismatch as error:
         print(f"error: {scrub_text(str(error))}", file=sys.stderr)
         return 2

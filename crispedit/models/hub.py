@@ -63,6 +63,13 @@ class ModelFiles:
         groups: dict[str, list[tuple[str, ...]]] = {}
         for group in self.weights:  # alternatives share the folder of their first pattern
             groups.setdefault(group[0].rpartition("/")[0], []).append(group)
+        if self.pipeline and listing is not None:
+            # diffusers' offline load checks the cached snapshot against ITS patterns, which take the variant's
+            # weights from every folder holding weights (SDXL base: vae_1_0/ too), components or not
+            for folder in sorted({p.rpartition("/")[0] for p in listing if "/" in p} - set(groups)):
+                extra = weights_of(folder, "diffusion_pytorch_model", self.variant, True) + weights_of(folder, "model", self.variant, True)
+                if any(_matches(p, g) for g in extra for p in listing):
+                    groups[folder] = list(extra)
         for alternatives in groups.values():
             chosen = alternatives[0]
             if listing is not None:
@@ -282,11 +289,15 @@ def resolve_commit(spec: ModelSpec) -> str | None:
     return commit
 
 
-def download(model: ModelFiles, cache_dir: str | Path | None = None, listing: Sequence[str] | None = None) -> tuple[str, list[str]]:
-    """Fetch exactly the model's files at its revision into the Hub cache; returns (commit, files fetched)."""
+def download(model: ModelFiles, cache_dir: str | Path | None = None, patterns: Sequence[str] | None = None) -> tuple[str, list[str]]:
+    """Fetch exactly the model's files at its revision into the Hub cache; returns (commit, files in the snapshot).
+
+    ``patterns``: what :func:`report` resolved against the Hub's listing; None: the declared ones (a pipeline's
+    components read from its model_index.json first).
+    """
     from huggingface_hub import snapshot_download
 
-    patterns = model.patterns(listing)
+    patterns = list(patterns) if patterns is not None else pipeline_components(model).patterns()
     folder = snapshot_download(model.spec.id, revision=model.spec.revision, allow_patterns=patterns,
                                cache_dir=str(cache_dir) if cache_dir else None, token=os.environ.get("HF_TOKEN") or None)
     commit = cached_commit(model.spec.id, model.spec.revision, cache_dir) or Path(folder).name

@@ -213,3 +213,50 @@ def test_local_folders_are_recorded_as_paths_without_a_check(tmp_path: Path, mon
     text = RECIPE.replace("device: cpu", f"device: cpu\n    clip_model: {tmp_path}").replace("out/clip-only", str(tmp_path / "o"))
     (tmp_path / "r.yaml").write_text(text, encoding="utf-8")
     assert resolved_models(load_plan(tmp_path / "r.yaml")) == {"clip_filter": {"clip": {"path": str(tmp_path)}}}
+
+
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_RECIPE = """\
+name: sdxl-only
+seed: 0
+output: {dir: out/sdxl-only, shard_size: 4}
+source: {kind: empty, count: 1, seed_as: caption, texts: [a cat on a mat]}
+stages:
+  - kind: sdxl_source
+    variant: fp16
+"""
+
+
+@pytest.mark.slow
+def test_an_sdxl_pipeline_downloads_its_components_of_the_variant_and_loads_offline(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The diffusers patterns: model_index.json and each component's config and fp16 safetensors, not the rest
+    of the repository (the default-precision copies, a single-file checkpoint), but the fp16 weights of a
+    folder that is no component (SDXL's vae_1_0/): diffusers' offline load refuses a snapshot without them."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from crispedit.sdxl.models import tiny_sdxl_components
+
+    folder = tmp_path / "tiny-sdxl"
+    components = {**tiny_sdxl_components(0), "feature_extractor": None, "image_encoder": None}
+    StableDiffusionXLPipeline(**components).save_pretrained(folder, variant="fp16")
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    unused = {"unet/diffusion_pytorch_model.safetensors": b"full precision", "vae_1_0/config.json": b"{}",
+              "vae_1_0/diffusion_pytorch_model.fp16.safetensors": b"another vae", "sd_xl_base_1.0.safetensors": b"single file"}
+    hub.add_model(SDXL, {**files, **unused}, commit=PINS[SDXL])
+    recipe = write_recipe(tmp_path, SDXL_RECIPE.replace("out/sdxl-only", str(tmp_path / "out")), "sdxl.yaml")
+    cache = tmp_path / "cache"
+    (row,) = _json(capsys, str(recipe), "--download", "--to", str(cache))["models"]
+    needed = set(files) | {"vae_1_0/diffusion_pytorch_model.fp16.safetensors"}
+    assert set(row["files"]) == needed
+    assert {path for _, _, path in hub.downloads} == needed
+
+    code = ("from crispedit.sdxl.models import load_pipeline; from crispedit.sdxl.options import RunOptions; "
+            "from crispedit.sdxl.stages.base import SDXL_BASE; from crispedit.models.hub import LOADED; import json; "
+            "pipe = load_pipeline('t2i', SDXL_BASE, RunOptions(dtype='float32', device='cpu', variant='fp16'), 0); "
+            "print(json.dumps([LOADED, type(pipe).__name__]))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded, cls = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded == {f"{SDXL}@{PINS[SDXL]}": PINS[SDXL]} and cls == "StableDiffusionXLPipeline"
