@@ -318,8 +318,9 @@ def report(stage: str, key: str, model: ModelFiles, online: bool = True) -> Mode
     terms = terms_for(model.spec.id)
     row = ModelReport(stage, key, model.spec.id, model.spec.revision, model.patterns(),
                       license=f"{terms.name} ({terms.license})" if terms else "unknown")
+    undeclared = model.pipeline and not model.weights
     if not online or _offline():
-        row.note = "offline: sizes unknown"
+        row.note = "offline: sizes unknown" + ("; a pipeline's components are read from its model_index.json on the Hub" if undeclared else "")
         return row
     try:
         full = pipeline_components(model)

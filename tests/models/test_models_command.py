@@ -110,6 +110,13 @@ def test_every_pinned_model_a_bundled_recipe_names_is_listed_with_its_pin(
     assert all(PINS.get(model_id, revision) == revision for model_id, revision in listed)
 
 
+def test_the_table_names_every_model_and_says_what_it_does_not_know(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", str(ROOT / "recipes" / "world.yaml"), "--offline"]) == 0
+    text = capsys.readouterr().out
+    assert "world: 6 Hub models" in text and "note: offline: sizes unknown" in text
+    assert all(PINS[m][:12] in text for m in (CLIP, "stabilityai/stable-diffusion-xl-base-1.0", "h94/IP-Adapter"))
+
+
 def test_tiny_lists_nothing_to_fetch(capsys: pytest.CaptureFixture[str]) -> None:
     assert _json(capsys, str(ROOT / "recipes" / "world.yaml"), "--tiny", "--offline")["models"] == []
 
