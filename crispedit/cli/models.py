@@ -33,6 +33,10 @@ def _models(args: argparse.Namespace) -> int:
     if args.to is not None and not args.download:
         print("error: --to DIR goes with --download", file=sys.stderr)
         return 2
+    problem = _not_a_cache(args.to) if args.to is not None else None
+    if problem:
+        print(f"error: --to {args.to}: {problem}", file=sys.stderr)
+        return 2
     plan = _load(args)
     if plan is None:
         return 2
@@ -53,6 +57,22 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     _table(plan.recipe.name, rows, args)
     return 0
+
+
+#: What a huggingface_hub cache folder holds; anything else means --to names someone's folder.
+CACHE_ENTRIES = ("models--", "datasets--", "spaces--", ".locks", "CACHEDIR.TAG", "version.txt", ".cache")
+
+
+def _not_a_cache(folder: Path) -> str | None:
+    """Why ``folder`` cannot take the downloads (a file, or a folder that holds more than a Hub cache), or None."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return "not a folder"
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(CACHE_ENTRIES))
+    if others:
+        return f"holds files that are not a Hugging Face cache ({', '.join(others[:3])}); name an empty folder or a cache"
+    return None
 
 
 def _size(size: int | None) -> str:

@@ -117,6 +117,17 @@ def test_the_table_names_every_model_and_says_what_it_does_not_know(capsys: pyte
     assert all(PINS[m][:12] in text for m in (CLIP, "stabilityai/stable-diffusion-xl-base-1.0", "h94/IP-Adapter"))
 
 
+def test_download_refuses_a_folder_that_is_not_a_hub_cache(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine", encoding="utf-8")
+    assert main(["models", str(recipe), "--download", "--to", str(mine)]) == 2
+    assert "not a Hugging Face cache (thesis.tex)" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert main(["models", str(recipe), "--to", str(tmp_path / "cache")]) == 2  # --to without --download
+    assert "--to DIR goes with --download" in capsys.readouterr().err
+
+
 def test_tiny_lists_nothing_to_fetch(capsys: pytest.CaptureFixture[str]) -> None:
     assert _json(capsys, str(ROOT / "recipes" / "world.yaml"), "--tiny", "--offline")["models"] == []
 
