@@ -9,11 +9,11 @@ import argparse
 import logging
 import sys
 
-from crispedit.cli import build, ops, plan, publish
+from crispedit.cli import build, models, ops, plan, publish
 from crispedit.mgt import cli as trainer
 
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (build, plan, trainer, publish, ops)
+GROUPS = (build, plan, models, trainer, publish, ops)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,10 @@ def load_pixart(spec: ModelSpec, components: ModelSpec | None = None, seed: int 
         where: dict[str, Any] = {"revision": source.revision} if source.revision else {}
         vae = AutoencoderKL.from_pretrained(source.id, subfolder="vae", torch_dtype=resolve_dtype(source.dtype), **where).eval()
         scheduler = DPMSolverMultistepScheduler.from_pretrained(source.id, subfolder="scheduler", **where)
+        if components is not None:  # a second repository: load_model checks only ``spec``
+            from crispedit.models.hub import check_loaded
+
+            check_loaded(components)
         name = spec.describe() + (f" + {components.describe()}" if components else "")
         return PixArtModels(transformer, vae, scheduler, name)
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Resources, Stage, StageParams, register_stage
+from crispedit.models.hub import ModelFiles, diffusers_files, merged
 from crispedit.models.spec import TINY_ID, ModelSpec
 
 SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -344,3 +345,22 @@ class Dit4EditStage(Stage[Dit4EditParams]):
         if self.params.text_model is not None:
             ids["text_model"] = self._spec(self.params.text_model).describe()
         return ids
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        """What load_pixart and load_text read: transformer/ of each checkpoint, vae/ and scheduler/ of its
+        components (default: itself), and the text model's text_encoder/ and tokenizer/."""
+        files: dict[str, ModelFiles] = {}
+        for k, checkpoint in enumerate(self.params.checkpoints):
+            components = {"vae": "diffusers", "scheduler": "scheduler"}
+            own = {"transformer": "diffusers", **({} if checkpoint.components_model is not None else components)}
+            files[f"checkpoint_{k}"] = diffusers_files(self._spec(checkpoint.model), own)
+            if checkpoint.components_model is not None:
+                files[f"checkpoint_{k}_components"] = diffusers_files(self._spec(checkpoint.components_model), components)
+        text = {"text_encoder": "transformers", "tokenizer": "tokenizer"}
+        if self.params.text_model is not None:
+            files["text_model"] = diffusers_files(self._spec(self.params.text_model), text)
+        else:  # each checkpoint's text encoder comes from its components (or itself): add those folders there
+            for k, checkpoint in enumerate(self.params.checkpoints):
+                key = f"checkpoint_{k}_components" if checkpoint.components_model is not None else f"checkpoint_{k}"
+                files[key] = merged(files[key], diffusers_files(files[key].spec, text))
+        return files

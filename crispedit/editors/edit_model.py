@@ -32,6 +32,7 @@ from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.editors.diffusers_backend import DiffusersEditorParams, EditRow
 from crispedit.editors.editmgt_backend import EditMGTParams
 from crispedit.editors.openai_backend import ImageEditSettings
+from crispedit.models.hub import ModelFiles
 
 log = logging.getLogger("crispedit")
 
@@ -116,6 +117,14 @@ class EditModelStage(Stage[EditModelParams]):
             return {"edit_model": f"editmgt:{p.editmgt.checkpoint}"}
         assert p.diffusers is not None
         return {"edit_model": p.diffusers.spec().describe()}
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        """The diffusers backend's pipeline (its components from the repo's model_index.json); the editmgt
+        backend's checkpoint is a local folder and the openai backend loads nothing here."""
+        p = self.params
+        if p.backend != "diffusers" or p.diffusers is None or self.context.tiny:
+            return {}
+        return {"edit_model": ModelFiles(p.diffusers.spec(), ("model_index.json",), pipeline=True, variant=p.diffusers.variant)}
 
     # -- set-up ---------------------------------------------------------------------------
     @property

@@ -68,6 +68,7 @@ def build(
     """
     started = time.perf_counter()
     meta = build_meta(plan)
+    models = _resolved_models(plan, meta)
     source = make_source(plan, context_for(plan))
     where = f"{plan.source.origin}:{plan.source.line}" if plan.source.line else plan.source.origin
     try:
@@ -83,7 +84,7 @@ def build(
     except OutputInUse as error:
         raise BuildError(str(error)) from None
     store = store_for(plan, meta)
-    write_manifest(plan, store.output, manifest)
+    write_manifest(plan, store.output, manifest, models)
     store.remove_temporaries()
     todo = [s for s in shards if not store.is_committed(s)]
     skipped = len(shards) - len(todo)
@@ -122,6 +123,25 @@ def build(
         write_histograms(store.output.root)
     out_dir = finish(store.output.url, replaces, summary["complete"] and not failed)
     return BuildResult(out_dir, len(shards), len(todo) - len(failed), skipped, time.perf_counter() - started, summary, failed)
+
+
+def _resolved_models(plan: BuildPlan, meta: Any) -> dict[str, Any]:
+    """The commit every Hub model resolves to, checked against its pin before anything is written.
+
+    Recorded in manifest.json (``models``: id, revision, commit per stage and key; local folders as
+    paths) and in every row's provenance (``model_commits``: ``id@revision`` -> commit).
+    """
+    from crispedit.models.hub import RevisionMismatch, resolved_models
+
+    try:
+        models = resolved_models(plan)
+    except RevisionMismatch as error:
+        raise BuildError(str(error)) from None
+    commits = {f"{m['id']}@{m['revision']}" if m.get("revision") else m["id"]: m["commit"]
+               for keys in models.values() for m in keys.values() if "id" in m}
+    if commits:
+        meta.provenance["model_commits"] = commits
+    return models
 
 
 def _library_log_path(output: Output) -> str | None:

@@ -131,12 +131,14 @@ def _manifest(output: Output) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_manifest(plan: BuildPlan, output: Output, manifest: dict[str, Any]) -> None:
-    """manifest.json (with the stages as they ran) and the recipe's copy, both scrubbed of credentials."""
+def write_manifest(plan: BuildPlan, output: Output, manifest: dict[str, Any], models: dict[str, Any] | None = None) -> None:
+    """manifest.json (with the stages as they ran, and the commit each Hub model resolved to) and the
+    recipe's copy, both scrubbed of credentials. ``models`` is not compared on a rerun: a pin fixes it."""
     # The stages as they ran (filter chains expanded, --tiny applied), so the output explains
     # itself without the recipe's folder: what the dataset card and preview read.
     pipeline = [{"kind": e.kind, "name": e.name, "params": e.params.model_dump(mode="json")} for e in plan.stages]
-    text = json.dumps({**manifest, "stages": pipeline, "crispedit_version": __version__}, indent=1)
+    extra = {"models": models} if models else {}
+    text = json.dumps({**manifest, "stages": pipeline, **extra, "crispedit_version": __version__}, indent=1)
     output.write_text("manifest.json", scrub_text(text))
     output.write_text("recipe.yaml", scrub_text(Path(plan.file).read_text(encoding="utf-8")))
     fault_point("after-manifest")

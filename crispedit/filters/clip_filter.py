@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from crispedit.core.bounds import Bound, bound_checks
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
+from crispedit.models.hub import ModelFiles, scorer_files
 from crispedit.models.spec import ModelSpec
 
 
@@ -93,6 +94,9 @@ class ClipFilter(FilterStage[ClipFilterParams]):
         if self.params.aesthetic_head is not None:
             ids["aesthetic"] = str(self.params.aesthetic_head)
         return ids
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        return scorer_files(self.params.clip_model, self.params.dino_model)
 
     def thresholds(self) -> dict[str, tuple[Bound, Bound]]:
         """Bounds per score column, for ``decide``, the card's histograms and ``refilter``."""

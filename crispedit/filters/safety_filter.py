@@ -17,6 +17,7 @@ from pydantic import Field
 from crispedit.core.bounds import Bound, bound_checks
 from crispedit.core.sample import Sample
 from crispedit.core.stage import FilterStage, Resources, StageParams, register_stage
+from crispedit.models.hub import ModelFiles, transformers_files
 from crispedit.models.spec import ModelSpec
 
 
@@ -44,6 +45,9 @@ class SafetyFilter(FilterStage[SafetyParams]):
 
     def model_ids(self) -> dict[str, str]:
         return {"safety": self.params.model.describe()}
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        return {"safety": transformers_files(self.params.model, processor=True)}
 
     def thresholds(self) -> dict[str, tuple[Bound, Bound]]:
         if self.params.max_nsfw is None:

@@ -23,7 +23,17 @@ def build_vq(cfg: ModelConfig) -> VQTokenizer:
         return VQTokenizer(tiny_vq(cfg.transformer.codebook_size, cfg.tiny_seed))
     from diffusers import VQModel
 
-    return VQTokenizer(VQModel.from_pretrained(cfg.vq.id, subfolder=cfg.vq.subfolder, revision=cfg.vq.revision))
+    vq = VQModel.from_pretrained(cfg.vq.id, subfolder=cfg.vq.subfolder, revision=cfg.vq.revision)
+    _check_commit(cfg.vq)
+    return VQTokenizer(vq)
+
+
+def _check_commit(component: ComponentConfig) -> None:
+    """The build's commit check (crispedit.models.hub.check_loaded) for a trainer component loaded by id."""
+    from crispedit.models.hub import check_loaded
+    from crispedit.models.spec import ModelSpec
+
+    check_loaded(ModelSpec(id=component.id, revision=component.revision))
 
 
 def build_text(cfg: ModelConfig) -> TextConditioner:
@@ -38,6 +48,7 @@ def build_text(cfg: ModelConfig) -> TextConditioner:
         c = cfg.clip
         clip_tok = CLIPTokenizer.from_pretrained(c.id, subfolder=c.tokenizer_subfolder or c.subfolder or "", revision=c.revision)
         clip = CLIPTextModelWithProjection.from_pretrained(c.id, subfolder=c.subfolder or "", revision=c.revision)
+        _check_commit(c)
     if cfg.llm.tiny:
         from .tiny import tiny_llm, tiny_llm_tokenizer
 
@@ -50,6 +61,7 @@ def build_text(cfg: ModelConfig) -> TextConditioner:
         llm_tok = AutoTokenizer.from_pretrained(c.id, subfolder=c.tokenizer_subfolder or c.subfolder or "", revision=c.revision, use_fast=True)
         llm_tok.padding_side = "right"
         llm = AutoModelForCausalLM.from_pretrained(c.id, subfolder=c.subfolder or "", revision=c.revision, dtype=torch.bfloat16)
+        _check_commit(c)
     return TextConditioner(clip_tok, clip, llm_tok, llm, cfg.text_max_length, cfg.clip_max_length, cfg.llm_hidden_layer)
 
 

@@ -65,7 +65,8 @@ def load_model(spec: ModelSpec, twin: str, load: Callable[..., Any], seed: int =
     """Build the tiny twin when the spec says so, else ``load(id, revision=...)``.
 
     ``load`` is the class's own ``from_pretrained`` (or any callable with that signature),
-    so real weights come through the libraries' loaders, which read safetensors.
+    so real weights come through the libraries' loaders, which read safetensors. A Hub load is
+    then checked: the snapshot the cache resolved the revision to must be the pinned commit.
     """
     if spec.is_tiny:
         if twin not in TWINS:
@@ -74,7 +75,11 @@ def load_model(spec: ModelSpec, twin: str, load: Callable[..., Any], seed: int =
     kwargs: dict[str, Any] = {}
     if spec.revision:
         kwargs["revision"] = spec.revision
-    return load(spec.id, **kwargs)
+    loaded = load(spec.id, **kwargs)
+    from crispedit.models.hub import check_loaded
+
+    check_loaded(spec)  # the commit the cache resolved the pin to: refused when it is another one
+    return loaded
 
 
 def tiny_swap(value: Any) -> Any:

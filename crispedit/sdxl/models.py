@@ -305,6 +305,10 @@ def attach_ip_adapter(pipe: Any, spec: ModelSpec, weight: str, seed: int) -> Non
     try:
         pipe.register_modules(image_encoder=load_ip_adapter_encoder(source, subfolder, pipe.unet.dtype, **where))
         pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name, **where)
+        if directory is None:
+            from crispedit.models.hub import check_loaded
+
+            check_loaded(spec)  # loaded outside load_model: the same commit check
     finally:
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)

@@ -8,6 +8,16 @@ YAML validation and the NDJSON commit with ``parentCommit`` checks (412 when the
 moved). Faults are injected on demand: 429s with ``Retry-After``, a foreign commit that
 moves the branch before one of ours, and an LFS store that fails after k uploads.
 Everything it receives is counted, so a test can tell what was sent twice.
+
+Model repositories (public, read-only: what a build downloads) are added with
+:meth:`FakeHub.add_model` at a chosen commit, and served through the endpoints
+huggingface_hub's download path calls: ``model_info`` (``/api/models/ID[/revision/REV]``,
+``blobs=true`` adding sizes and LFS hashes), the recursive tree listing ``snapshot_download``
+reads, and ``HEAD``/``GET /ID/resolve/REV/PATH`` with the headers ``hf_hub_download`` needs
+(``X-Repo-Commit``, ``ETag``, and ``X-Linked-Etag``/``X-Linked-Size`` for LFS files; a missing
+file answers 404 with ``X-Error-Code: EntryNotFound``). :meth:`FakeHub.resolve_elsewhere` makes a
+revision resolve to another commit (a mirror serving the wrong snapshot). Every file GET is
+recorded in ``downloads``.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ class Repo:
     commits: dict[str, dict[str, StoredFile]] = field(default_factory=dict)
     head: str = ""
     log: list[str] = field(default_factory=list)  # commit summaries, oldest first
+    aliases: dict[str, str] = field(default_factory=dict)  # revision -> the commit it resolves to (models)
 
 
 class FakeHub:
@@ -55,6 +66,9 @@ class FakeHub:
     def __init__(self, token: str) -> None:
         self.token = token
         self.repos: dict[str, Repo] = {}
+        self.models: dict[str, Repo] = {}
+        self.model_cards: dict[str, dict[str, Any]] = {}
+        self.downloads: list[tuple[str, str, str]] = []  # (repo, revision, path) of every model file GET
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()
@@ -99,6 +113,33 @@ class FakeHub:
         repo.head = oid
         repo.log.append(summary)
         return oid
+
+    def add_model(self, repo_id: str, files: dict[str, bytes], commit: str | None = None, card: dict[str, Any] | None = None) -> str:
+        """A public model repository holding ``files`` at ``commit`` (default: a hash of the content); its head.
+        ``card`` is the model card's metadata (``model_info().card_data``: the licence tag...)."""
+        if card is not None:
+            self.model_cards[repo_id] = card
+        stored = {}
+        for path, data in files.items():
+            if _is_lfs(path, len(data)):
+                sha = hashlib.sha256(data).hexdigest()
+                self.lfs[sha] = data
+                stored[path] = StoredFile(len(data), git_blob_id(_pointer(sha, len(data))), sha256=sha)
+            else:
+                stored[path] = StoredFile(len(data), git_blob_id(data), content=data)
+        repo = self.models.setdefault(repo_id, Repo())
+        oid = commit or hashlib.sha1(f"{repo_id}\n{sorted((p, f.blob_id) for p, f in stored.items())}".encode()).hexdigest()
+        repo.commits[oid] = stored
+        repo.head = oid
+        return oid
+
+    def resolve_elsewhere(self, repo_id: str, revision: str, commit: str) -> None:
+        """Answer requests for ``revision`` with ``commit``'s files and ``X-Repo-Commit: commit``."""
+        self.models[repo_id].aliases[revision] = commit
+
+    def model_content(self, repo_id: str, commit: str, path: str) -> bytes:
+        stored = self.models[repo_id].commits[commit][path]
+        return stored.content if stored.content is not None else self.lfs[stored.sha256 or ""]
 
     def foreign_commit(self, repo_id: str, path: str = "NOTES.md", text: bytes = b"written by someone else\n") -> str:
         """Another writer commits: the branch moves under the client's feet."""
@@ -145,7 +186,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # a HEAD answer has the headers of the GET, never its body
+                self.wfile.write(data)
 
         def _error(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
             extra = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {}), **(headers or {})}
@@ -171,9 +213,91 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
             return files
 
+        def _resolve(self, repo: Repo, revision: str) -> str | None:
+            """The commit a model revision names (branch main, a commit, or an alias), or a 404 sent."""
+            revision = unquote(revision)
+            oid = repo.aliases.get(revision) or (repo.head if revision == "main" else revision)
+            if oid not in repo.commits:
+                self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+                return None
+            return oid
+
+        def _model_route(self, method: str, url: Any) -> bool:
+            """Model repositories: info, tree, resolve. True when the path was one of theirs (answered)."""
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", url.path):
+                hub.requests["model_info"] += 1
+                repo = hub.models.get(m.group(1))
+                if repo is None:
+                    self._error(404, "Repository not found", "RepoNotFound")
+                    return True
+                oid = self._resolve(repo, m.group(2) or "main")
+                if oid is None:
+                    return True
+                blobs = parse_qs(url.query).get("blobs", ["false"])[0].lower() == "true"
+                siblings = []
+                for path, stored in sorted(repo.commits[oid].items()):
+                    entry: dict[str, Any] = {"rfilename": path}
+                    if blobs:
+                        entry.update(size=stored.size, blobId=stored.blob_id)
+                        if stored.sha256 is not None:
+                            entry["lfs"] = {"sha256": stored.sha256, "size": stored.size,
+                                            "pointerSize": len(_pointer(stored.sha256, stored.size))}
+                    siblings.append(entry)
+                info = {"id": m.group(1), "modelId": m.group(1), "sha": oid, "private": False, "siblings": siblings}
+                if m.group(1) in hub.model_cards:
+                    info["cardData"] = hub.model_cards[m.group(1)]
+                self._send(200, info)
+                return True
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", url.path):
+                hub.requests["model_tree"] += 1
+                repo = hub.models.get(m.group(1))
+                oid = repo and self._resolve(repo, m.group(2))
+                if repo is None:
+                    self._error(404, "Repository not found", "RepoNotFound")
+                if oid:
+                    self._send(200, self._tree(repo.commits[oid], unquote(m.group(3) or ""), parse_qs(url.query)))
+                return True
+            if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", url.path):
+                hub.requests[f"model_{method.lower()}"] += 1
+                repo = hub.models.get(m.group(1))
+                if repo is None:
+                    self._error(404, "Repository not found", "RepoNotFound")
+                    return True
+                oid = self._resolve(repo, m.group(2))
+                if oid is None:
+                    return True
+                path = unquote(m.group(3))
+                stored = repo.commits[oid].get(path)
+                if stored is None:
+                    self._error(404, "Entry not found", "EntryNotFound", headers={"X-Repo-Commit": oid})
+                    return True
+                data = hub.model_content(m.group(1), oid, path)
+                headers = {"X-Repo-Commit": oid, "ETag": f'"{stored.sha256 or stored.blob_id}"'}
+                if stored.sha256 is not None:
+                    headers.update({"X-Linked-Etag": f'"{stored.sha256}"', "X-Linked-Size": str(stored.size)})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if method == "GET":
+                    hub.downloads.append((m.group(1), unquote(m.group(2)), path))
+                    self.wfile.write(data)
+                return True
+            return False
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            url = urlparse(self.path)
+            with hub.lock:
+                if not self._model_route("HEAD", url):
+                    self._error(404, f"no route for HEAD {url.path}")
+
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
             with hub.lock:
+                if self._model_route("GET", url):
+                    return
                 if not self._authorized():
                     return
                 if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", url.path):

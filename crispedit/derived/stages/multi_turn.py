@@ -35,6 +35,7 @@ from crispedit.core.sample import Sample
 from crispedit.core.stage import STAGES, Resources, Stage, StageParams, register_stage
 from crispedit.derived.chain import chain_break, l1_outside
 from crispedit.masks.stages.pixel_threshold import PixelThresholdParams
+from crispedit.models.hub import ModelFiles, scorer_files
 from crispedit.models.spec import ModelSpec
 
 MAX_TURNS = 16
@@ -176,6 +177,12 @@ class MultiTurnStage(Stage[MultiTurnParams]):
         for stage in self.turn_stages:
             ids.update({f"{stage.name}.{k}": v for k, v in stage.model_ids().items()})
         return ids
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        files = scorer_files(self.params.clip_model, self.params.dino_model)
+        for stage in self.turn_stages:
+            files.update({f"{stage.name}.{k}": v for k, v in stage.model_files().items()})
+        return files
 
     def setup(self) -> None:
         for stage in self.turn_stages:

@@ -17,6 +17,7 @@ from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.masks import soft, twins  # noqa: F401  (twins: registers the tiny GroundingDINO and SAM)
 from crispedit.models.devices import resolve_device
+from crispedit.models.hub import ModelFiles, transformers_files
 from crispedit.models.spec import ModelSpec, load_model
 
 if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a recipe stays light
@@ -142,3 +143,7 @@ class GroundStage(Stage[GroundParams]):
             "detector_model": self.params.detector_model.describe(),
             "segmenter_model": self.params.segmenter_model.describe(),
         }
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        return {"detector_model": transformers_files(self.params.detector_model, tokenizer=True, processor=True),
+                "segmenter_model": transformers_files(self.params.segmenter_model, processor=True)}

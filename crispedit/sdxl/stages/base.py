@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from crispedit.core.limits import MAX_FAN_OUT
 from crispedit.core.sample import Sample, derive_seed
 from crispedit.core.stage import Resources, Stage, StageParams
+from crispedit.models.hub import ModelFiles, sdxl_pipeline_files
 from crispedit.models.spec import ModelSpec
 from crispedit.sdxl.options import DType, RunOptions, Sampler, Scheduler
 
@@ -166,6 +167,9 @@ class TextToImageStage(GeneratorStage[GP]):
 
     def model_ids(self) -> dict[str, str]:
         return {"base_model": self.params.base_model.describe()}
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        return {"base_model": sdxl_pipeline_files(self.params.base_model, self.params.variant)}
 
     def load(self) -> None:
         from crispedit.sdxl.models import load_pipeline, set_scheduler

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from crispedit.core.sample import Sample
 from crispedit.core.stage import register_stage
+from crispedit.models.hub import ModelFiles, sdxl_pipeline_files
 from crispedit.models.spec import ModelSpec
 from crispedit.sdxl.images import back_to, paste_back, pipeline_size
 from crispedit.sdxl.stages.base import SDXL_INPAINT, GeneratorParams, GeneratorStage, by_size
@@ -42,6 +43,9 @@ class InpaintStage(GeneratorStage[InpaintParams]):
 
     def model_ids(self) -> dict[str, str]:
         return {"inpaint_model": self.params.inpaint_model.describe()}
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        return {"inpaint_model": sdxl_pipeline_files(self.params.inpaint_model, self.params.variant)}
 
     def load(self) -> None:
         from crispedit.sdxl.models import load_pipeline, set_scheduler

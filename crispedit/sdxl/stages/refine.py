@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from crispedit.core.sample import Sample
 from crispedit.core.stage import register_stage
+from crispedit.models.hub import ModelFiles, controlnet_files, ip_adapter_files, sdxl_pipeline_files
 from crispedit.models.spec import ModelSpec
 from crispedit.sdxl.images import back_to, pipeline_size
 from crispedit.sdxl.stages.base import CONTROLNET_CANNY, IP_ADAPTER, SDXL_BASE, GeneratorParams, GeneratorStage, by_size
@@ -66,6 +67,12 @@ class RefineStage(GeneratorStage[RefineParams]):
             "controlnet_model": p.controlnet_model.describe(),
             "ip_adapter_model": f"{p.ip_adapter_model.describe()}:{p.ip_adapter_weight}",
         }
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        p = self.params
+        return {"base_model": sdxl_pipeline_files(p.base_model, p.variant),
+                "controlnet_model": controlnet_files(p.controlnet_model, p.variant),
+                "ip_adapter_model": ip_adapter_files(p.ip_adapter_model, p.ip_adapter_weight)}
 
     def load(self) -> None:
         from crispedit.sdxl.models import (

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from crispedit.core.sample import Sample
 from crispedit.core.stage import register_stage
+from crispedit.models.hub import ModelFiles, controlnet_files, sdxl_pipeline_files
 from crispedit.models.spec import ModelSpec
 from crispedit.sdxl.images import back_to, pipeline_size
 from crispedit.sdxl.stages.base import CONTROLNET_CANNY, SDXL_BASE, GeneratorParams, GeneratorStage, by_size
@@ -52,6 +53,13 @@ class StyleStage(GeneratorStage[StyleParams]):
         if self.params.method == "controlnet":
             ids["controlnet_model"] = self.params.controlnet_model.describe()
         return ids
+
+    def model_files(self) -> dict[str, ModelFiles]:
+        p = self.params
+        files = {"base_model": sdxl_pipeline_files(p.base_model, p.variant)}
+        if p.method == "controlnet":
+            files["controlnet_model"] = controlnet_files(p.controlnet_model, p.variant)
+        return files
 
     def load(self) -> None:
         from crispedit.sdxl.models import load_controlnet, load_pipeline, set_scheduler
