@@ -191,9 +191,9 @@ class PairIndex:
 
     @classmethod
     def of_build(cls, out: str | Path) -> PairIndex:
-        usable = [(row_id, p) for _, row_id, p in build_pairs(out) if p.source is not None and p.target is not None]
-        return cls(str(out), np.array([p.source for _, p in usable], dtype=np.uint64),
-                   np.array([p.target for _, p in usable], dtype=np.uint64), [row_id for row_id, _ in usable])
+        found = build_hashes(out)
+        rows = np.flatnonzero(found.complete)
+        return cls(str(out), found.sources[rows], found.targets[rows], [found.ids[i] for i in rows.tolist()])
 
     def nearest(self, source: int, target: int) -> tuple[int, str] | None:
         """(distance, row id) of the closest pair; ties go to the first in build order."""
@@ -204,51 +204,49 @@ class PairIndex:
         return int(both[best]), self.ids[best]
 
 
-def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
-    """Which rows to drop: row id -> (id of the row it copies, distance).
+@dataclass
+class BuildHashes:
+    """The pair hashes of a build's data rows in build order, as arrays: what a whole-build pass holds.
 
-    ``rows`` are (order key, id, hashes) of a whole build. Rows are taken in build order
-    (item index, then child position: the order key), and a row is dropped when a row kept
-    before it is within ``max_distance`` on both its source and its target hash. So the
-    first copy survives, whichever shard or runner produced it, and no two survivors are
-    near-duplicates. Candidates come from exact matches on 4 bands of 16 bits of the source
-    hash (pigeonhole: two hashes within 3 bits share a band); beyond 3 bits every kept row
-    is compared, vectorised.
+    ``complete`` marks rows with both hashes (only those are compared); a row without one
+    keeps 0 in its place.
     """
-    ordered = sorted(rows, key=lambda r: (r[0], r[1]))
-    kept_src: list[int] = []
-    kept_tgt: list[int] = []
-    kept_ids: list[str] = []
-    bands: list[dict[int, list[int]]] = [{} for _ in range(4)]
-    dropped: dict[str, tuple[str, int]] = {}
-    use_bands = max_distance <= 3
-    for _, row_id, pair in ordered:
-        if pair.source is None or pair.target is None:
-            continue
-        if use_bands:
-            candidates = sorted({k for b in range(4) for k in bands[b].get((pair.source >> (16 * b)) & 0xFFFF, [])})
-        else:
-            candidates = range(len(kept_ids))
-        match = None
-        if len(candidates):
-            index = np.fromiter(candidates, dtype=np.int64)
-            both = pair_distances(pair.source, pair.target,
-                                  np.array(kept_src, dtype=np.uint64)[index], np.array(kept_tgt, dtype=np.uint64)[index])
-            hits = np.nonzero(both <= max_distance)[0]
-            if hits.size:
-                first = int(hits[0])  # the earliest kept row (candidates are in keep order)
-                match = (kept_ids[int(index[first])], int(both[first]))
-        if match is not None:
-            dropped[row_id] = match
-            continue
-        position = len(kept_ids)
-        kept_ids.append(row_id)
-        kept_src.append(pair.source)
-        kept_tgt.append(pair.target)
-        if use_bands:
-            for b in range(4):
-                bands[b].setdefault((pair.source >> (16 * b)) & 0xFFFF, []).append(position)
-    return dropped
+
+    ids: list[str]
+    sources: np.ndarray  # uint64
+    targets: np.ndarray  # uint64
+    complete: np.ndarray  # bool
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[tuple[str | None, str, PairHash]]) -> BuildHashes:
+        """From (order key, id, hashes) in any order: sorted by key then id, untraceable (None) keys last."""
+        ordered = sorted(rows, key=lambda r: (r[0] is None, r[0] or "", r[1]))
+        return cls([r[1] for r in ordered],
+                   np.array([r[2].source or 0 for r in ordered], dtype=np.uint64),
+                   np.array([r[2].target or 0 for r in ordered], dtype=np.uint64),
+                   np.array([r[2].source is not None and r[2].target is not None for r in ordered], dtype=bool))
+
+
+def duplicates_of(hashes: BuildHashes, max_distance: int) -> dict[str, tuple[str, int]]:
+    """Which rows to drop: row id -> (id of the row it copies, distance), in build order.
+
+    Rows are taken in build order (item index, then child position: the order key, then
+    the id), and a row is dropped when a row kept before it is within ``max_distance`` on
+    both its source and its target hash; it names the earliest such row. So the first copy
+    survives, whichever shard or runner produced it, and no two survivors are
+    near-duplicates. The search is crispedit.filters.mih's band index, not all pairs.
+    """
+    from crispedit.filters.mih import first_copies
+
+    rows = np.flatnonzero(hashes.complete)
+    found = first_copies(np.stack([hashes.sources[rows], hashes.targets[rows]], axis=1), max_distance)
+    return {hashes.ids[rows[j]]: (hashes.ids[rows[found.match[j]]], int(found.distance[j]))
+            for j in np.flatnonzero(found.match >= 0).tolist()}
+
+
+def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
+    """:func:`duplicates_of` for (order key, id, hashes) rows given in any order."""
+    return duplicates_of(BuildHashes.of_rows(rows), max_distance)
 
 
 def row_hashes(provenance: str | None, source_cell: Any, target_cell: Any) -> PairHash:
@@ -269,17 +267,42 @@ def row_hashes(provenance: str | None, source_cell: Any, target_cell: Any) -> Pa
     return PairHash(*values)
 
 
-def build_pairs(out: str | Path) -> list[tuple[str, str, PairHash]]:
-    """(order key, id, hashes) of every data row of a committed build (hashes of earlier builds)."""
-    from crispedit.core.reader import BuildReader
+def build_hashes(out: str | Path) -> BuildHashes:
+    """The pair hashes of every data row of a committed build, read one shard at a time.
+
+    Only the id, lineage and provenance columns are read (Parquet column projection); a
+    shard's image columns are read, and only its rows without ``provenance.phash`` decoded,
+    when the build did not run the ``dedupe`` stage. Memory: one shard's columns plus the
+    arrays of the whole build (16 bytes of hashes and an id per row).
+    """
+    from crispedit.core.reader import BuildReader, read_columns
 
     reader = BuildReader(out)
-    rows: list[tuple[str, str, PairHash]] = []
+    keys: list[str | None] = []
+    ids: list[str] = []
+    sources: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    complete: list[np.ndarray] = []
     for shard in reader.shards():
-        data = reader.data_table(shard)
-        keys = reader.table_order_keys(shard, data)
-        provenance = data.column("provenance").to_pylist()
-        sources, targets = data.column("source_image").to_pylist(), data.column("target_image").to_pylist()
-        for key, row_id, prov, src, tgt in zip(keys, data.column("id").to_pylist(), provenance, sources, targets, strict=True):
-            rows.append((key, row_id, row_hashes(prov, src, tgt)))
-    return rows
+        where = reader.location(reader.data_key(shard))
+        table = read_columns([where], ["id", "parent_id", "lineage", "provenance"])
+        shard_ids = table.column("id").to_pylist()
+        lineages = table.column("lineage").to_pylist() if "lineage" in table.column_names else None
+        keys += reader.order_keys(shard, shard_ids, table.column("parent_id").to_pylist(), lineages)
+        ids += shard_ids
+        found = [row_hashes(p, None, None) for p in table.column("provenance").to_pylist()]
+        missing = [i for i, h in enumerate(found) if h.source is None or h.target is None]
+        if missing:  # no dedupe stage in the build: hash the images of this shard's rows that lack them
+            images = read_columns([where], ["source_image", "target_image"]).take(missing)
+            for i, src, tgt in zip(missing, images.column("source_image").to_pylist(), images.column("target_image").to_pylist(), strict=True):
+                found[i] = row_hashes(table.column("provenance")[i].as_py(), src, tgt)
+        sources.append(np.array([h.source or 0 for h in found], dtype=np.uint64))
+        targets.append(np.array([h.target or 0 for h in found], dtype=np.uint64))
+        complete.append(np.array([h.source is not None and h.target is not None for h in found], dtype=bool))
+    order = sorted(range(len(ids)), key=lambda i: (keys[i] is None, keys[i] or "", ids[i]))
+    index = np.array(order, dtype=np.int64)
+
+    def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts)[index] if parts else np.zeros(0, dtype=dtype)
+
+    return BuildHashes([ids[i] for i in order], joined(sources, np.uint64), joined(targets, np.uint64), joined(complete, bool))
