@@ -11,13 +11,22 @@ tracemalloc's (numpy's buffers included) over the search alone; the hash input i
 16 bytes a row on top.
 
     nice -n 10 python benchmarks/dedupe_scale.py [--sizes 10000,100000,1000000] [--distance 4] [--old-max 100000]
+
+``--builds 1000,4000`` also builds real datasets of that many pairs (``copy`` + ``dedupe``
+stages, local runner, scale.py's photo crops, 250 items a shard) and runs ``crispedit
+dedupe`` on each in a fresh process (imports done first): seconds, and the peak RSS against
+the RSS after imports; the difference should follow the shard size, not the build's.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -82,12 +91,75 @@ def measured(search, *args) -> tuple[object, float, float]:  # noqa: ANN001 - a 
     return result, seconds, peak
 
 
+BUILD = """\
+name: dedupe-scale
+output: {{dir: out, shard_size: {shard_size}, png_compression: 1}}
+execution: {{runner: local}}
+source: {{kind: parquet, files: [{folder}], caption_column: caption, max_side: null, size_multiple: 1}}
+stages:
+  - kind: copy
+  - kind: dedupe
+"""
+
+
+def _dedupe_in_child(out: str, to: str, max_distance: int, answer: multiprocessing.Queue) -> None:
+    """``crispedit dedupe`` in a fresh process, imports done first: hash pass s, dedupe s, RSS after imports and peak (MiB)."""
+    import datasets  # noqa: F401 - imported by the shard writer; its import is not the pass's cost
+    import matplotlib.pyplot  # noqa: F401 - the histograms'
+
+    from crispedit.filters.phash import build_hashes
+    from crispedit.ops.dedupe import dedupe_build
+    from crispedit.ops.histograms import write_histograms  # noqa: F401
+
+    def rss() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    before = rss()
+    began = time.perf_counter()
+    build_hashes(out)
+    hashed = time.perf_counter() - began
+    began = time.perf_counter()
+    report = dedupe_build(out, to, max_distance)
+    answer.put((hashed, time.perf_counter() - began, before, rss(), report["dropped"]))
+
+
+def real_builds(sizes: list[int], max_distance: int, shard_size: int = 250) -> None:
+    from scale import write_source  # benchmarks/ is the script's folder
+
+    from crispedit.engine import build
+    from crispedit.recipe import load_plan
+
+    print(f"\nReal builds (copy + dedupe stages, {shard_size} items a shard), `crispedit dedupe` in a fresh process:\n")
+    print("| pairs | shards | largest shard MiB | build s | hash pass s | dedupe s (hash pass, search, rewrite, plots) | RSS after imports MiB | peak RSS MiB | dropped |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    context = multiprocessing.get_context("spawn")
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "source"
+            write_source(folder, size)
+            recipe = Path(tmp) / "recipe.yaml"
+            recipe.write_text(BUILD.format(shard_size=shard_size, folder=folder))
+            began = time.perf_counter()
+            build(load_plan(recipe, out=Path(tmp) / "out"), runner="local", progress=False)
+            built = time.perf_counter() - began
+            files = sorted((Path(tmp) / "out" / "data").glob("*.parquet"))
+            answer = context.Queue()
+            child = context.Process(target=_dedupe_in_child, args=(str(Path(tmp) / "out"), str(Path(tmp) / "deduped"), max_distance, answer))
+            child.start()
+            hashed, seconds, start, peak, dropped = answer.get()
+            child.join()
+            largest = max(f.stat().st_size for f in files) / 2**20
+            print(f"| {size:,} | {len(files)} | {largest:.1f} | {built:.0f} | {hashed:.2f} | {seconds:.1f} | {start:.0f} | {peak:.0f} | {dropped} |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--distance", type=int, default=4)
     parser.add_argument("--share", type=float, default=0.05, help="rows planted as copies within d (and as many at d + 1)")
     parser.add_argument("--old-max", type=int, default=100_000, help="largest size the old scan runs at")
+    parser.add_argument("--builds", default="", help="sizes of real builds to dedupe (e.g. 1000,4000); none by default")
     args = parser.parse_args()
     d = args.distance
     print(f"max distance {d} bits on both hashes; {args.share:.0%} of rows planted within d, {args.share:.0%} at d + 1\n")
@@ -110,6 +182,8 @@ def main() -> None:
             print(f"| old all-kept scan | {rows:,} | ~{estimate:,.0f} (quadratic estimate, not run) | | | | | |")
         print(f"| band index | {rows:,} | {seconds:.1f} | {peak:.0f} | {_recall(dropped, near):.3f} | {_false(dropped, near)} | "
               f"{found.candidates / rows:.2f} | {same} |", flush=True)
+    if args.builds:
+        real_builds([int(s) for s in args.builds.split(",")], d)
 
 
 def _recall(dropped: np.ndarray, near: np.ndarray) -> float:
