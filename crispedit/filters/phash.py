@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 log = logging.getLogger("crispedit")
@@ -193,7 +194,7 @@ class PairIndex:
     def of_build(cls, out: str | Path) -> PairIndex:
         found = build_hashes(out)
         rows = np.flatnonzero(found.complete)
-        return cls(str(out), found.sources[rows], found.targets[rows], [found.ids[i] for i in rows.tolist()])
+        return cls(str(out), found.sources[rows], found.targets[rows], found.ids.take(pa.array(rows)).to_pylist())
 
     def nearest(self, source: int, target: int) -> tuple[int, str] | None:
         """(distance, row id) of the closest pair; ties go to the first in build order."""
@@ -209,22 +210,32 @@ class BuildHashes:
     """The pair hashes of a build's data rows in build order, as arrays: what a whole-build pass holds.
 
     ``complete`` marks rows with both hashes (only those are compared); a row without one
-    keeps 0 in its place.
+    keeps 0 in its place. Ids stay an Arrow string array (about 40 bytes a row at a million
+    rows, where Python strings would take twice that).
     """
 
-    ids: list[str]
+    ids: pa.Array  # string
     sources: np.ndarray  # uint64
     targets: np.ndarray  # uint64
     complete: np.ndarray  # bool
 
     @classmethod
-    def of_rows(cls, rows: Iterable[tuple[str | None, str, PairHash]]) -> BuildHashes:
-        """From (order key, id, hashes) in any order: sorted by key then id, untraceable (None) keys last."""
-        ordered = sorted(rows, key=lambda r: (r[0] is None, r[0] or "", r[1]))
-        return cls([r[1] for r in ordered],
-                   np.array([r[2].source or 0 for r in ordered], dtype=np.uint64),
-                   np.array([r[2].target or 0 for r in ordered], dtype=np.uint64),
-                   np.array([r[2].source is not None and r[2].target is not None for r in ordered], dtype=bool))
+    def ordered(cls, keys: pa.Array, ids: pa.Array, sources: np.ndarray, targets: np.ndarray, complete: np.ndarray) -> BuildHashes:
+        """Rows in any order, sorted into build order: by order key, then id; untraceable (null) keys last."""
+        import pyarrow.compute as pc
+
+        table = pa.table({"untraced": pc.is_null(keys), "key": pc.fill_null(keys, ""), "id": ids})
+        order = pc.sort_indices(table, sort_keys=[("untraced", "ascending"), ("key", "ascending"), ("id", "ascending")])
+        index = order.to_numpy()
+        return cls(ids.take(order), sources[index], targets[index], complete[index])
+
+    @classmethod
+    def of_rows(cls, rows: list[tuple[str | None, str, PairHash]]) -> BuildHashes:
+        """From (order key, id, hashes) rows in any order."""
+        return cls.ordered(pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows], pa.string()),
+                           np.array([r[2].source or 0 for r in rows], dtype=np.uint64),
+                           np.array([r[2].target or 0 for r in rows], dtype=np.uint64),
+                           np.array([r[2].source is not None and r[2].target is not None for r in rows], dtype=bool))
 
 
 def duplicates_of(hashes: BuildHashes, max_distance: int) -> dict[str, tuple[str, int]]:
@@ -240,8 +251,10 @@ def duplicates_of(hashes: BuildHashes, max_distance: int) -> dict[str, tuple[str
 
     rows = np.flatnonzero(hashes.complete)
     found = first_copies(np.stack([hashes.sources[rows], hashes.targets[rows]], axis=1), max_distance)
-    return {hashes.ids[rows[j]]: (hashes.ids[rows[found.match[j]]], int(found.distance[j]))
-            for j in np.flatnonzero(found.match >= 0).tolist()}
+    dropped = np.flatnonzero(found.match >= 0)
+    copies = hashes.ids.take(pa.array(rows[dropped])).to_pylist()
+    firsts = hashes.ids.take(pa.array(rows[found.match[dropped]])).to_pylist()
+    return {copy: (first, int(d)) for copy, first, d in zip(copies, firsts, found.distance[dropped].tolist(), strict=True)}
 
 
 def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
@@ -278,8 +291,8 @@ def build_hashes(out: str | Path) -> BuildHashes:
     from crispedit.core.reader import BuildReader, read_columns
 
     reader = BuildReader(out)
-    keys: list[str | None] = []
-    ids: list[str] = []
+    keys: list[pa.Array] = []
+    ids: list[pa.Array] = []
     sources: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     complete: list[np.ndarray] = []
@@ -288,8 +301,8 @@ def build_hashes(out: str | Path) -> BuildHashes:
         table = read_columns([where], ["id", "parent_id", "lineage", "provenance"])
         shard_ids = table.column("id").to_pylist()
         lineages = table.column("lineage").to_pylist() if "lineage" in table.column_names else None
-        keys += reader.order_keys(shard, shard_ids, table.column("parent_id").to_pylist(), lineages)
-        ids += shard_ids
+        keys.append(pa.array(reader.order_keys(shard, shard_ids, table.column("parent_id").to_pylist(), lineages), pa.string()))
+        ids.append(table.column("id").combine_chunks().cast(pa.string()))
         found = [row_hashes(p, None, None) for p in table.column("provenance").to_pylist()]
         missing = [i for i, h in enumerate(found) if h.source is None or h.target is None]
         if missing:  # no dedupe stage in the build: hash the images of this shard's rows that lack them
@@ -299,10 +312,10 @@ def build_hashes(out: str | Path) -> BuildHashes:
         sources.append(np.array([h.source or 0 for h in found], dtype=np.uint64))
         targets.append(np.array([h.target or 0 for h in found], dtype=np.uint64))
         complete.append(np.array([h.source is not None and h.target is not None for h in found], dtype=bool))
-    order = sorted(range(len(ids)), key=lambda i: (keys[i] is None, keys[i] or "", ids[i]))
-    index = np.array(order, dtype=np.int64)
 
     def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(parts)[index] if parts else np.zeros(0, dtype=dtype)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
-    return BuildHashes([ids[i] for i in order], joined(sources, np.uint64), joined(targets, np.uint64), joined(complete, bool))
+    return BuildHashes.ordered(pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
+                               pa.concat_arrays(ids) if ids else pa.array([], pa.string()),
+                               joined(sources, np.uint64), joined(targets, np.uint64), joined(complete, bool))
