@@ -95,10 +95,10 @@ def _choices(bands: int, parts: int) -> list[tuple[int, ...]]:
     return [tuple(int(v) for v in c) for c in grid]
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray, int]:
+def near_pairs(hashes: np.ndarray, max_distance: int, budget: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, int]:
     """Every (i, j), i < j, of rows within ``max_distance`` on every part: (i, j, candidates), sorted by j then i.
 
-    ``budget`` bounds the candidates expanded at once (memory: about 40 bytes each).
+    ``budget`` bounds the candidates expanded at once (memory: about 50 bytes each, 50 MiB at the default).
     """
     rows = _as_rows(hashes)
     n, parts = rows.shape
@@ -135,7 +135,10 @@ def near_pairs(hashes: np.ndarray, max_distance: int, budget: int = 1 << 22) -> 
             offset = np.arange(int(cnt.sum()), dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
             earlier = later - np.repeat(cnt, cnt) + offset  # the bucket's rows before `later`, in order
             i, j = order[earlier], order[later]
-            near = row_distance(rows, i, j) <= max_distance
+            del later, offset, earlier
+            near = np.ones(i.size, dtype=bool)
+            for part in range(parts):  # one part at a time: a few bytes a candidate
+                near &= np.bitwise_count(rows[i, part] ^ rows[j, part]) <= max_distance
             found.append((j[near].astype(np.uint64) << np.uint64(32)) | i[near].astype(np.uint64))
             lo = hi
         if len(found) > 1:  # one choice's pairs at a time: the union stays the size of the near pairs
@@ -182,7 +185,7 @@ def _scan(rows: np.ndarray, max_distance: int) -> tuple[np.ndarray, int]:
     return match, candidates
 
 
-def first_copies(hashes: np.ndarray, max_distance: int, budget: int = 1 << 22) -> Copies:
+def first_copies(hashes: np.ndarray, max_distance: int, budget: int = 1 << 20) -> Copies:
     """Greedy near-duplicate removal in row order: a row is dropped when a row kept before it is within ``max_distance``.
 
     ``hashes`` is (n, parts) uint64 (or one-dimensional for one part), rows in the order that

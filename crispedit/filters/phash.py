@@ -3,14 +3,17 @@
 A pHash (imagehash: 32x32 grey, DCT, the 8x8 low frequencies against their median) is 64
 bits that survive resizing and JPEG recompression: copies land a few bits apart, unrelated
 photos about 32. Three uses, one representation (unsigned 64-bit ints, Hamming distance by
-XOR and popcount, brute force over numpy arrays, which is fast for benchmark-sized sets):
+XOR and popcount):
 
 * ``dedupe`` stage: the pair's hashes (kept in provenance, hex) and the distance to the
-  nearest pair of earlier builds given by path;
+  nearest pair of earlier builds given by path (a scan over numpy arrays: the score is the
+  exact nearest distance, however far);
 * ``decontaminate`` stage: the distance from the source to the nearest image of declared
-  benchmark sets (an image folder, Parquet files, or a Hugging Face dataset);
+  benchmark sets (an image folder, Parquet files, or a Hugging Face dataset), the same scan;
 * ``crispedit dedupe OUT --to NEW``: near-duplicate pairs *within* a build, across shards,
-  which no per-shard stage can see (:func:`near_duplicates`, run by crispedit.ops.dedupe).
+  which no per-shard stage can see (:func:`duplicates_of` over :func:`build_hashes`, run by
+  crispedit.ops.dedupe). Only "what is within d" is asked there, so the search is the
+  band index of crispedit.filters.mih, not all pairs.
 """
 
 from __future__ import annotations
