@@ -60,6 +60,14 @@ def test_the_first_copy_in_build_order_survives_whatever_the_input_order() -> No
         assert near_duplicates(shuffled, 12) == near_duplicates(shuffled, 4)  # the unbanded search agrees
 
 
+def test_rows_whose_order_key_is_unknown_come_last_by_id() -> None:
+    a, b = phash(photo("astronaut")), phash(photo("coffee"))
+    rows = [(None, "y", PairHash(a, b)), (None, "x", PairHash(a, b)), ("000000000007", "z", PairHash(a, b)),
+            ("000000000001", "w", PairHash(b, a))]
+    assert near_duplicates(rows, 4) == {"x": ("z", 0), "y": ("z", 0)}
+    assert list(near_duplicates(rows, 4)) == ["x", "y"]  # in build order
+
+
 def pair(i: int, source: np.ndarray, target: np.ndarray | None = None) -> Sample:
     return Sample(id=sample_id("dedupe", i), index=i, source_ref=str(i), source_image=source,
                   target_image=source[:, ::-1].copy() if target is None else target)
