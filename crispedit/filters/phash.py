@@ -3,14 +3,17 @@
 A pHash (imagehash: 32x32 grey, DCT, the 8x8 low frequencies against their median) is 64
 bits that survive resizing and JPEG recompression: copies land a few bits apart, unrelated
 photos about 32. Three uses, one representation (unsigned 64-bit ints, Hamming distance by
-XOR and popcount, brute force over numpy arrays, which is fast for benchmark-sized sets):
+XOR and popcount):
 
 * ``dedupe`` stage: the pair's hashes (kept in provenance, hex) and the distance to the
-  nearest pair of earlier builds given by path;
+  nearest pair of earlier builds given by path (a scan over numpy arrays: the score is the
+  exact nearest distance, however far);
 * ``decontaminate`` stage: the distance from the source to the nearest image of declared
-  benchmark sets (an image folder, Parquet files, or a Hugging Face dataset);
+  benchmark sets (an image folder, Parquet files, or a Hugging Face dataset), the same scan;
 * ``crispedit dedupe OUT --to NEW``: near-duplicate pairs *within* a build, across shards,
-  which no per-shard stage can see (:func:`near_duplicates`, run by crispedit.ops.dedupe).
+  which no per-shard stage can see (:func:`duplicates_of` over :func:`build_hashes`, run by
+  crispedit.ops.dedupe). Only "what is within d" is asked there, so the search is the
+  band index of crispedit.filters.mih, not all pairs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 log = logging.getLogger("crispedit")
@@ -191,9 +195,9 @@ class PairIndex:
 
     @classmethod
     def of_build(cls, out: str | Path) -> PairIndex:
-        usable = [(row_id, p) for _, row_id, p in build_pairs(out) if p.source is not None and p.target is not None]
-        return cls(str(out), np.array([p.source for _, p in usable], dtype=np.uint64),
-                   np.array([p.target for _, p in usable], dtype=np.uint64), [row_id for row_id, _ in usable])
+        found = build_hashes(out)
+        rows = np.flatnonzero(found.complete)
+        return cls(str(out), found.sources[rows], found.targets[rows], found.ids.take(pa.array(rows)).to_pylist())
 
     def nearest(self, source: int, target: int) -> tuple[int, str] | None:
         """(distance, row id) of the closest pair; ties go to the first in build order."""
@@ -204,51 +208,61 @@ class PairIndex:
         return int(both[best]), self.ids[best]
 
 
-def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
-    """Which rows to drop: row id -> (id of the row it copies, distance).
+@dataclass
+class BuildHashes:
+    """The pair hashes of a build's data rows in build order, as arrays: what a whole-build pass holds.
 
-    ``rows`` are (order key, id, hashes) of a whole build. Rows are taken in build order
-    (item index, then child position: the order key), and a row is dropped when a row kept
-    before it is within ``max_distance`` on both its source and its target hash. So the
-    first copy survives, whichever shard or runner produced it, and no two survivors are
-    near-duplicates. Candidates come from exact matches on 4 bands of 16 bits of the source
-    hash (pigeonhole: two hashes within 3 bits share a band); beyond 3 bits every kept row
-    is compared, vectorised.
+    ``complete`` marks rows with both hashes (only those are compared); a row without one
+    keeps 0 in its place. Ids stay an Arrow string array (about 40 bytes a row at a million
+    rows, where Python strings would take twice that).
     """
-    ordered = sorted(rows, key=lambda r: (r[0], r[1]))
-    kept_src: list[int] = []
-    kept_tgt: list[int] = []
-    kept_ids: list[str] = []
-    bands: list[dict[int, list[int]]] = [{} for _ in range(4)]
-    dropped: dict[str, tuple[str, int]] = {}
-    use_bands = max_distance <= 3
-    for _, row_id, pair in ordered:
-        if pair.source is None or pair.target is None:
-            continue
-        if use_bands:
-            candidates = sorted({k for b in range(4) for k in bands[b].get((pair.source >> (16 * b)) & 0xFFFF, [])})
-        else:
-            candidates = range(len(kept_ids))
-        match = None
-        if len(candidates):
-            index = np.fromiter(candidates, dtype=np.int64)
-            both = pair_distances(pair.source, pair.target,
-                                  np.array(kept_src, dtype=np.uint64)[index], np.array(kept_tgt, dtype=np.uint64)[index])
-            hits = np.nonzero(both <= max_distance)[0]
-            if hits.size:
-                first = int(hits[0])  # the earliest kept row (candidates are in keep order)
-                match = (kept_ids[int(index[first])], int(both[first]))
-        if match is not None:
-            dropped[row_id] = match
-            continue
-        position = len(kept_ids)
-        kept_ids.append(row_id)
-        kept_src.append(pair.source)
-        kept_tgt.append(pair.target)
-        if use_bands:
-            for b in range(4):
-                bands[b].setdefault((pair.source >> (16 * b)) & 0xFFFF, []).append(position)
-    return dropped
+
+    ids: pa.Array  # string
+    sources: np.ndarray  # uint64
+    targets: np.ndarray  # uint64
+    complete: np.ndarray  # bool
+
+    @classmethod
+    def ordered(cls, keys: pa.Array, ids: pa.Array, sources: np.ndarray, targets: np.ndarray, complete: np.ndarray) -> BuildHashes:
+        """Rows in any order, sorted into build order: by order key, then id; untraceable (null) keys last."""
+        import pyarrow.compute as pc
+
+        table = pa.table({"untraced": pc.is_null(keys), "key": pc.fill_null(keys, ""), "id": ids})
+        order = pc.sort_indices(table, sort_keys=[("untraced", "ascending"), ("key", "ascending"), ("id", "ascending")])
+        index = order.to_numpy()
+        return cls(ids.take(order), sources[index], targets[index], complete[index])
+
+    @classmethod
+    def of_rows(cls, rows: list[tuple[str | None, str, PairHash]]) -> BuildHashes:
+        """From (order key, id, hashes) rows in any order."""
+        return cls.ordered(pa.array([r[0] for r in rows], pa.string()), pa.array([r[1] for r in rows], pa.string()),
+                           np.array([r[2].source or 0 for r in rows], dtype=np.uint64),
+                           np.array([r[2].target or 0 for r in rows], dtype=np.uint64),
+                           np.array([r[2].source is not None and r[2].target is not None for r in rows], dtype=bool))
+
+
+def duplicates_of(hashes: BuildHashes, max_distance: int) -> dict[str, tuple[str, int]]:
+    """Which rows to drop: row id -> (id of the row it copies, distance), in build order.
+
+    Rows are taken in build order (item index, then child position: the order key, then
+    the id), and a row is dropped when a row kept before it is within ``max_distance`` on
+    both its source and its target hash; it names the earliest such row. So the first copy
+    survives, whichever shard or runner produced it, and no two survivors are
+    near-duplicates. The search is crispedit.filters.mih's band index, not all pairs.
+    """
+    from crispedit.filters.mih import first_copies
+
+    rows = np.flatnonzero(hashes.complete)
+    found = first_copies(np.stack([hashes.sources[rows], hashes.targets[rows]], axis=1), max_distance)
+    dropped = np.flatnonzero(found.match >= 0)
+    copies = hashes.ids.take(pa.array(rows[dropped])).to_pylist()
+    firsts = hashes.ids.take(pa.array(rows[found.match[dropped]])).to_pylist()
+    return {copy: (first, int(d)) for copy, first, d in zip(copies, firsts, found.distance[dropped].tolist(), strict=True)}
+
+
+def near_duplicates(rows: list[tuple[str, str, PairHash]], max_distance: int) -> dict[str, tuple[str, int]]:
+    """:func:`duplicates_of` for (order key, id, hashes) rows given in any order."""
+    return duplicates_of(BuildHashes.of_rows(rows), max_distance)
 
 
 def row_hashes(provenance: str | None, source_cell: Any, target_cell: Any) -> PairHash:
@@ -269,17 +283,42 @@ def row_hashes(provenance: str | None, source_cell: Any, target_cell: Any) -> Pa
     return PairHash(*values)
 
 
-def build_pairs(out: str | Path) -> list[tuple[str, str, PairHash]]:
-    """(order key, id, hashes) of every data row of a committed build (hashes of earlier builds)."""
-    from crispedit.core.reader import BuildReader
+def build_hashes(out: str | Path) -> BuildHashes:
+    """The pair hashes of every data row of a committed build, read one shard at a time.
+
+    Only the id, lineage and provenance columns are read (Parquet column projection); a
+    shard's image columns are read, and only its rows without ``provenance.phash`` decoded,
+    when the build did not run the ``dedupe`` stage. Memory: one shard's columns plus the
+    arrays of the whole build (16 bytes of hashes and an id per row).
+    """
+    from crispedit.core.reader import BuildReader, read_columns
 
     reader = BuildReader(out)
-    rows: list[tuple[str, str, PairHash]] = []
+    keys: list[pa.Array] = []
+    ids: list[pa.Array] = []
+    sources: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    complete: list[np.ndarray] = []
     for shard in reader.shards():
-        data = reader.data_table(shard)
-        keys = reader.table_order_keys(shard, data)
-        provenance = data.column("provenance").to_pylist()
-        sources, targets = data.column("source_image").to_pylist(), data.column("target_image").to_pylist()
-        for key, row_id, prov, src, tgt in zip(keys, data.column("id").to_pylist(), provenance, sources, targets, strict=True):
-            rows.append((key, row_id, row_hashes(prov, src, tgt)))
-    return rows
+        where = reader.location(reader.data_key(shard))
+        table = read_columns([where], ["id", "parent_id", "lineage", "provenance"])
+        shard_ids = table.column("id").to_pylist()
+        lineages = table.column("lineage").to_pylist() if "lineage" in table.column_names else None
+        keys.append(pa.array(reader.order_keys(shard, shard_ids, table.column("parent_id").to_pylist(), lineages), pa.string()))
+        ids.append(table.column("id").combine_chunks().cast(pa.string()))
+        found = [row_hashes(p, None, None) for p in table.column("provenance").to_pylist()]
+        missing = [i for i, h in enumerate(found) if h.source is None or h.target is None]
+        if missing:  # no dedupe stage in the build: hash the images of this shard's rows that lack them
+            images = read_columns([where], ["source_image", "target_image"]).take(missing)
+            for i, src, tgt in zip(missing, images.column("source_image").to_pylist(), images.column("target_image").to_pylist(), strict=True):
+                found[i] = row_hashes(table.column("provenance")[i].as_py(), src, tgt)
+        sources.append(np.array([h.source or 0 for h in found], dtype=np.uint64))
+        targets.append(np.array([h.target or 0 for h in found], dtype=np.uint64))
+        complete.append(np.array([h.source is not None and h.target is not None for h in found], dtype=bool))
+
+    def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    return BuildHashes.ordered(pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
+                               pa.concat_arrays(ids) if ids else pa.array([], pa.string()),
+                               joined(sources, np.uint64), joined(targets, np.uint64), joined(complete, bool))

@@ -1,7 +1,7 @@
 """``crispedit dedupe OUT --to NEW``: near-duplicate pairs of a whole build, across shards, moved to the rejects.
 
 A post-build pass because a stage sees one shard's batch and a duplicate may sit in another
-shard. The hashes and the search are crispedit.filters.phash's, the rewrite
+shard. The hashes are crispedit.filters.phash's, the search crispedit.filters.mih's, the rewrite
 crispedit.ops.rewrite's (shared with ``refilter``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crispedit.filters.phash import build_pairs, near_duplicates
+from crispedit.filters.phash import build_hashes, duplicates_of
 from crispedit.ops.rewrite import Verdict, check_target, rewrite_build
 
 
@@ -19,12 +19,14 @@ def dedupe_build(src: str | Path, dst: str | Path, max_distance: int = 4, overwr
 
     A post-build pass because a stage sees one shard's batch and a duplicate may sit in
     another shard. It reads the committed data rows' hashes (provenance, or the image
-    bytes), picks drops with :func:`near_duplicates`, and writes through the same shard
-    writer and commit protocol as ``refilter``: images copied byte for byte, rows in build
-    order, the same bytes on every run.
+    bytes), picks drops with :func:`duplicates_of` (a band index, not all pairs), and writes
+    through the same shard writer and commit protocol as ``refilter``: images copied byte
+    for byte, rows in build order, the same bytes on every run. Both passes go one shard at
+    a time: the hash pass reads only the id, lineage and provenance columns, the rewrite one
+    shard's data and rejects; the whole build is held only as hash arrays and ids.
     """
     check_target(src, dst, "dedupe")  # before hashing the whole build
-    dropped = near_duplicates(build_pairs(src), max_distance)
+    dropped = duplicates_of(build_hashes(src), max_distance)
 
     def verdict(row: dict[str, Any]) -> Verdict | None:
         if row["reason"] is not None or row["id"] not in dropped:

@@ -60,6 +60,14 @@ def test_the_first_copy_in_build_order_survives_whatever_the_input_order() -> No
         assert near_duplicates(shuffled, 12) == near_duplicates(shuffled, 4)  # the unbanded search agrees
 
 
+def test_rows_whose_order_key_is_unknown_come_last_by_id() -> None:
+    a, b = phash(photo("astronaut")), phash(photo("coffee"))
+    rows = [(None, "y", PairHash(a, b)), (None, "x", PairHash(a, b)), ("000000000007", "z", PairHash(a, b)),
+            ("000000000001", "w", PairHash(b, a))]
+    assert near_duplicates(rows, 4) == {"x": ("z", 0), "y": ("z", 0)}
+    assert list(near_duplicates(rows, 4)) == ["x", "y"]  # in build order
+
+
 def pair(i: int, source: np.ndarray, target: np.ndarray | None = None) -> Sample:
     return Sample(id=sample_id("dedupe", i), index=i, source_ref=str(i), source_image=source,
                   target_image=source[:, ::-1].copy() if target is None else target)
@@ -163,3 +171,55 @@ def test_post_build_dedupe_across_shards_keeps_the_first_copy(tmp_path: Path) ->
 def test_distinct_photos_are_left_alone(distance: int) -> None:
     rows = [(f"{i:012d}", n, PairHash(phash(photo(n)), phash(photo(n)[:, ::-1].copy()))) for i, n in enumerate(NAMES)]
     assert near_duplicates(rows, distance) == {}
+
+
+COPIES_RECIPE = """
+name: dedupe-copies
+output: {dir: out, shard_size: 3}
+execution: {runner: local}
+source: {kind: folder, folder: FOLDER, max_side: 64}
+stages:
+  - kind: copy
+"""
+
+
+def test_a_build_without_the_stage_dedupes_to_the_bytes_brute_force_gives(tmp_path: Path) -> None:
+    """Hashes from the images (no provenance.phash), the band index, and the same rewrite as an all-pairs decision."""
+    from crispedit.ops.rewrite import Verdict, rewrite_build
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, (name, scale, quality) in enumerate((n, s, q) for s, q in ((1.0, 90), (0.7, 50), (1.3, 35)) for n in NAMES):
+        Image.fromarray(recompressed(photo(name, 96), scale, quality)).save(folder / f"{k:02d}_{name}.jpg", quality=quality)
+    out = tmp_path / "out"
+    build(load_plan(write_recipe(tmp_path, COPIES_RECIPE.replace("FOLDER", str(folder))), out=out), runner="local", progress=False)
+    rows = [r for f in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]  # build order
+    hashes = [tuple(phash(Image.open(io.BytesIO(r[c]["bytes"]))) for c in ("source_image", "target_image")) for r in rows]
+    for max_distance in (0, 4, 12):
+        kept: list[int] = []
+        expected: dict[str, tuple[str, int]] = {}
+        for j, h in enumerate(hashes):
+            near = [(i, max(hamming(a, b) for a, b in zip(hashes[i], h, strict=True))) for i in kept]
+            hit = next(((i, d) for i, d in near if d <= max_distance), None)
+            if hit is None:
+                kept.append(j)
+            else:
+                expected[rows[j]["id"]] = (rows[hit[0]]["id"], hit[1])
+        assert expected or max_distance == 0
+        report = dedupe_build(out, tmp_path / f"new-{max_distance}", max_distance)
+        assert report["dropped"] == len(expected)
+
+        def verdict(row: dict, expected: dict = expected) -> Verdict | None:
+            if row["reason"] is not None or row["id"] not in expected:
+                return None
+            copy_of, distance = expected[row["id"]]
+            return Verdict("dedupe", f"duplicate: within {distance} bits of row {copy_of} (pHash of source and target)")
+
+        reference = tmp_path / f"reference-{max_distance}"
+        note = {"dedupe": {"max_distance": max_distance, "dropped": len(expected)}}
+        rewrite_build(out, reference, verdict, note=note, kind="dedupe", plots=False)
+        for part in ("data", "rejects"):
+            ours = sorted((tmp_path / f"new-{max_distance}" / part).glob("*.parquet"))
+            theirs = sorted((reference / part).glob("*.parquet"))
+            assert [p.name for p in ours] == [p.name for p in theirs]
+            assert [p.read_bytes() for p in ours] == [p.read_bytes() for p in theirs], (max_distance, part)
