@@ -25,6 +25,8 @@ CLIP = {"clip_dir", "clip_i", "clip_t_source", "clip_t_target"}
 ULTRAEDIT_CLIP = {"clip_dir", "clip_i", "dino_i"}
 #: A pair as a build without masks stores it.
 UNMASKED = {"source_image", "target_image"}
+#: The recipes with a stage that writes masks: there UltraEdit's mask rule applies, so they score the masks.
+MAKES_MASKS = {"crispedit", "dit4edit", "ground", "world"}
 #: The gaps that remain, and why. mllm_judge needs an LLM endpoint no bundled recipe can assume (not checked here);
 #: instruct_llm makes edit specifications only (no image pairs, nothing to score); quickstart is the model-free demo
 #: (`make quickstart` builds it offline on a CPU without --tiny, so it cannot load CLIP or DINOv2); reedit's pairs come
@@ -87,4 +89,4 @@ def test_only_the_recipes_that_make_masks_escape_no_mask_rule(tmp_path: Path) ->
         if masks:
             makes.add(path.stem)
             assert {"mask_coverage", "mask_contours"} <= have, path.stem
-    assert makes == {"crispedit", "dit4edit", "ground", "world"}
+    assert makes == MAKES_MASKS
