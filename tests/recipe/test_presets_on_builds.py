@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from crispedit.core.presets import bundled, find_preset
 from crispedit.core.stage import FilterStage
@@ -107,3 +108,15 @@ def test_refilter_applies_each_bundled_chain_to_the_recipes_tiny_build_or_names_
         if preset == "ultraedit" and recipe not in MAKES_MASKS:  # every pair that reached the mask rule was waived
             assert summary["stages"]["mask_filter"]["seen"] == sum(found.get("mask_filter", {}).values())
             assert summary["stages"]["mask_filter"]["rejected"] == {}
+    # UltraEdit's mask rule alone (the tiny scorers' random CLIP scores leave few pairs for it in the whole chain)
+    rule = [raw for raw in _read_chain_file(find_preset("filters", "ultraedit")) if raw["kind"] == "mask_filter"]
+    (tmp_path / "mask_rule.yaml").write_text(yaml.safe_dump({"stages": rule}), encoding="utf-8")
+    report = refilter(out, tmp_path / "mask_rule.yaml", tmp_path / "refilter-mask-rule", plots=False)
+    kept = rows(tmp_path / "refilter-mask-rule")
+    waived = sum(report.get("not_applicable", {}).get("mask_filter", {}).values())
+    if recipe in MAKES_MASKS:
+        for row in kept:
+            assert row["mask"] is None or 0.01 <= row["mask_coverage"] <= 0.9 and row["mask_contours"] <= 500
+        assert waived >= sum(row["mask"] is None for row in kept)  # (a waived pair may fail a later filter)
+    else:  # the build's own filters keep its rows; every one reaches the rule, which does not apply to it
+        assert len(kept) == len(data) == waived
