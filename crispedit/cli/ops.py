@@ -157,3 +157,6 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         return
     print(f"{report['out']}: {report['rows']} rows, {report['rejects']} rejects in {report['shards']} shards "
           f"({report['restored']} restored, {report['dropped']} dropped)")
+    for name, reasons in (report.get("not_applicable") or {}).items():
+        for reason, count in reasons.items():
+            print(f"  {name}: {count} rows passed as not applicable ({reason})")

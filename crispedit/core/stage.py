@@ -191,6 +191,16 @@ class FilterStage(Stage[P]):
         """(min, max) kept per score column, for the preview, the dataset card and histograms."""
         return {}
 
+    def not_applicable(self, stored: set[str]) -> str | None:
+        """Why this filter's rule does not apply to a pair that holds only the image fields ``stored``
+        (``source_image``, ``target_image``, ``mask``), or None when it applies.
+
+        Such a pair passes the filter without its scores: ``refilter`` counts it under this reason
+        and does not demand the filter's score columns of a build in which no pair it decides
+        again is one the rule applies to (UltraEdit's mask rule, ``mask_filter`` with
+        ``unmasked: keep``, on a global edit that has no mask)."""
+        return None
+
     def annotate(self, reason: str, provenance: dict[str, Any]) -> str:
         """The reason ``decide`` gave, completed from what ``score`` recorded in provenance (the
         matched duplicate, the benchmark item); ``refilter`` calls it too, with no model loaded."""

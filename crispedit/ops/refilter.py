@@ -12,7 +12,9 @@ Which rows are decided again, and with what:
 * the chain is the build's own filter stages in pipeline order, each with its parameters
   replaced by the stage of the same name in ``--filters`` (or, failing a name, the one stage
   of the same kind); stages of ``--filters`` the build lacks run last, and must find their
-  score columns in the build (refilter computes no score);
+  score columns in the build (refilter computes no score), except on the rows their rule does
+  not apply to (``FilterStage.not_applicable``: UltraEdit's mask rule on a pair without a
+  mask), which pass it and are counted by reason in the report and ``summary.json``;
 * every data row, and every reject made by a filter stage that no non-filter stage follows
   in the pipeline (only those were fully processed) and that kept its images
   (``output.reject_images``), is decided again: it is kept, or rejected by the first stage
@@ -77,18 +79,25 @@ def new_chain(pipeline: list[StageInfo], filters: Path | None, reader: BuildRead
         else:
             appended.append(ref)
     chain += appended
-    have = set(reader.score_columns)
     for ref in chain:
-        stage = ref.stage
-        assert isinstance(stage, FilterStage)
-        needed = set(stage.thresholds()) or set(stage.score_columns())
-        missing = sorted(needed - have)
-        if missing:
-            raise RefilterError(
-                f"filter {ref.name!r} decides on {', '.join(missing)}, which the build did not score "
-                f"(it has {', '.join(reader.score_columns) or 'no scores'}); refilter computes no score: build with that filter"
-            )
+        missing = _unscored(ref, reader)
+        if missing and ref.stage.not_applicable(set()) is None:  # type: ignore[union-attr]
+            raise RefilterError(_no_score(ref, missing, reader))
     return chain
+
+
+def _unscored(ref: StageInfo, reader: BuildReader) -> list[str]:
+    """The score columns ``ref`` decides on that the build lacks."""
+    stage = ref.stage
+    assert isinstance(stage, FilterStage)
+    needed = set(stage.thresholds()) or set(stage.score_columns())
+    return sorted(needed - set(reader.score_columns))
+
+
+def _no_score(ref: StageInfo, missing: list[str], reader: BuildReader, row: str | None = None) -> str:
+    where = f" and row {row} is a pair its rule applies to" if row is not None else ""
+    return (f"filter {ref.name!r} decides on {', '.join(missing)}, which the build did not score{where} "
+            f"(it has {', '.join(reader.score_columns) or 'no scores'}); refilter computes no score: build with that filter")
 
 
 def _given(raw: dict[str, Any], context: BuildContext, tiny: bool, filters: Path) -> StageInfo:
@@ -111,11 +120,36 @@ def _renamed(stage: Any, name: str) -> Any:
     return stage
 
 
-def _decide(chain: list[StageInfo], row: dict[str, Any], columns: list[str], knees: dict[str, float] | None = None) -> Verdict:
+class _Skips:
+    """Rows each filter's rule did not apply to, by reason; and the filters whose scores the build lacks."""
+
+    def __init__(self, chain: list[StageInfo], reader: BuildReader) -> None:
+        self.reader = reader
+        self.unscored = {ref.name: missing for ref in chain if (missing := _unscored(ref, reader))}
+        self.counts: dict[str, Counter[str]] = {}
+
+    def skips(self, ref: StageInfo, row: dict[str, Any]) -> bool:
+        """True when ``ref``'s rule does not apply to ``row`` (counted); an unscored rule that applies is refused."""
+        why = ref.stage.not_applicable(set(row.get("stored") or ()))  # type: ignore[union-attr]
+        if why is not None:
+            self.counts.setdefault(ref.name, Counter())[why] += 1
+            return True
+        if ref.name in self.unscored:
+            raise RefilterError(_no_score(ref, self.unscored[ref.name], self.reader, str(row.get("id"))))
+        return False
+
+    def findings(self) -> dict[str, Any]:
+        return {"not_applicable": {name: dict(sorted(c.items())) for name, c in sorted(self.counts.items())}} if self.counts else {}
+
+
+def _decide(chain: list[StageInfo], row: dict[str, Any], columns: list[str], knees: dict[str, float] | None = None,
+            skips: _Skips | None = None) -> Verdict:
     scores = {c: row.get(c) for c in columns}
     for ref in chain:
         stage = ref.stage
         assert isinstance(stage, FilterStage)
+        if skips is not None and skips.skips(ref, row):
+            continue
         reason = stage.decide({c: scores.get(c) for c in stage.score_columns()})
         if reason is None:
             reason = _below_knee(stage, scores, knees or {})
@@ -161,10 +195,11 @@ def refilter(src: str | Path, filters: str | Path | None, dst: str | Path, overw
         filters_after[ref.name] = all(later.is_filter for later in pipeline[i + 1 :])
     restorable = {ref.name for ref in pipeline if ref.is_filter and filters_after[ref.name]}
     columns = reader.score_columns
+    skips = _Skips(chain, reader)
 
     def verdict(row: dict[str, Any]) -> Verdict | None:
         if row["reason"] is None or (row["stage"] in restorable and row["has_images"]):
-            return _decide(chain, row, columns, knees)
+            return _decide(chain, row, columns, knees, skips)
         return None
 
     def restats(old: list[dict[str, Any]], decided: list[tuple[dict[str, Any], Verdict]]) -> list[dict[str, Any]]:
@@ -197,7 +232,7 @@ def refilter(src: str | Path, filters: str | Path | None, dst: str | Path, overw
     recipe = _effective_recipe(reader.recipe, pipeline, chain)
     note = {"refilter": str(Path(filters)) if filters is not None else None, "knees": knees, "chain": [{"name": f.name, "kind": f.kind, "params": f.params} for f in chain]}
     return rewrite_build(src, dst, verdict, restats=restats, recipe=recipe, overwrite=overwrite, note=note,
-                         stages=_effective_stages(pipeline, chain), plots=plots)
+                         stages=_effective_stages(pipeline, chain), plots=plots, findings=skips.findings)
 
 
 def _effective_recipe(recipe: dict[str, Any], pipeline: list[StageInfo], chain: list[StageInfo]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import yaml
 from crispedit.core.outputs import OutputRefused, claim, marker_for, replace_folder
 from crispedit.core.reader import BuildReader
 from crispedit.core.redact import scrub_data, scrub_text
+from crispedit.core.sample import IMAGE_COLUMNS
 from crispedit.core.shards import BUILD_PATTERNS, ORDER_COLUMN, ShardRange, ShardStore, legacy_marker, read_markers
 from crispedit.core.stats import StageStats, summarize
 from crispedit.core.storage import Output
@@ -84,6 +85,7 @@ def rewrite_build(
     stages: list[dict[str, Any]] | None = None,
     kind: str = "refilter",
     plots: bool = True,
+    findings: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``dst`` from ``src``'s committed shards with each row's status set by ``verdict``.
 
@@ -92,7 +94,10 @@ def rewrite_build(
     the request is the same; the new dataset is written beside it and swapped in.
 
     ``verdict(row)`` sees a row without its image columns (scores, provenance, id, stage and
-    reason; ``has_images``) and returns None to leave it as it is, or its new status.
+    reason; ``has_images``, and ``stored``: which image columns it holds) and returns None to
+    leave it as it is, or its new status. ``findings()``, called once every row is decided, adds
+    what the verdicts found (refilter's rows a rule did not apply to) to ``summary.json``'s
+    ``derived_from`` and to the report.
     ``restats(old stage entries, [(row, new status)])`` gives a shard's new per-stage counts;
     ``stages`` replaces ``manifest["stages"]`` when the rows were decided by other stages.
     """
@@ -128,7 +133,8 @@ def rewrite_build(
             old = [dict(s) for s in reader.marker(shard).get("stages", [])]
             entries = restats(old, decided) if restats is not None else old
             store.commit(shard, [table], {e["name"]: _stats(e) for e in entries})
-        summary = _summary(reader, out, note)
+        found = findings() if findings is not None else {}
+        summary = _summary(reader, out, {**(note or {}), **found})
         out.write_text("summary.json", scrub_text(json.dumps(summary, indent=1)))
         out.write_text("recipe.yaml", scrub_text(yaml.safe_dump(recipe if recipe is not None else reader.recipe, sort_keys=False)))
         drawn: list[str] = []
@@ -137,7 +143,7 @@ def rewrite_build(
 
             drawn = [Path(p).relative_to(where).as_posix() for p in write_histograms(where).values()]
     report = {"out": target.url, "rows": summary["rows"], "rejects": summary["rejects"], "shards": summary["shards"],
-              "restored": changed["restored"], "dropped": changed["dropped"]}
+              "restored": changed["restored"], "dropped": changed["dropped"], **found}
     if plots:
         report["plots"] = sorted(f"{target.url}/{name}" for name in drawn)
     return report
@@ -187,12 +193,12 @@ def _combined(reader: BuildReader, shard: ShardRange, store: ShardStore) -> tupl
     if untraced:
         log.warning("shard %s: %d rows whose ids do not derive from the build's fingerprint keep their file order", shard.name, untraced)
     table = table.append_column(ORDER_COLUMN, pa.array(keys, pa.string()))
-    plain = table.drop_columns([c for c in ("source_image", "target_image", "mask") if c in table.column_names])
+    plain = table.drop_columns([c for c in IMAGE_COLUMNS if c in table.column_names])
     rows = plain.to_pylist()
-    has_src = pc.is_valid(table.column("source_image")).to_pylist()
-    has_tgt = pc.is_valid(table.column("target_image")).to_pylist()
-    for row, a, b in zip(rows, has_src, has_tgt, strict=True):
-        row["has_images"] = bool(a or b)
+    valid = {c: pc.is_valid(table.column(c)).to_pylist() for c in IMAGE_COLUMNS if c in table.column_names}
+    for n, row in enumerate(rows):
+        row["stored"] = {c for c, flags in valid.items() if flags[n]}
+        row["has_images"] = bool(row["stored"] & {"source_image", "target_image"})
     return table, rows
 
 

@@ -16,6 +16,7 @@ from crispedit.core.stage import BuildContext
 from crispedit.engine.run import apply_stage
 from crispedit.filters.clip_filter import ClipFilter, ClipFilterParams
 from crispedit.filters.locality_filter import LocalityFilter, LocalityParams, masked_l1
+from crispedit.filters.pixel_change import PixelChangeFilter, PixelChangeParams
 from crispedit.filters.safety_filter import SafetyFilter, SafetyParams
 from crispedit.models.clip import Embedder, Preprocess, directional_similarity, tiny_clip
 from crispedit.models.spec import ModelSpec, tiny_swap
@@ -149,6 +150,24 @@ def test_a_rejected_sample_is_still_scored_by_later_filters(clip_stage: ClipFilt
     out = apply_stage(clip_stage, "clip_filter", batch, batch_size=8)
     assert "clip_dir" in out[0].scores and out[0].reject.stage == "pixel_change"
     assert out[1].scores == {}
+
+
+def test_pixel_change_scores_only_without_bounds_and_gives_no_score_for_pairs_of_two_sizes() -> None:
+    """A re-edited dataset's old target may differ in size from its source: no pixel_l1 (not a crash)."""
+    source = np.zeros((8, 8, 3), np.uint8)
+
+    def run(params: PixelChangeParams) -> list[Sample]:
+        batch = [Sample(id="a", index=0, source_ref="a", source_image=source, target_image=source + 51),
+                 Sample(id="b", index=1, source_ref="b", source_image=source, target_image=np.zeros((4, 8, 3), np.uint8))]
+        return apply_stage(PixelChangeFilter(params, CONTEXT), "pixel_change", batch, batch_size=8)
+
+    bounded = run(PixelChangeParams())
+    assert bounded[0].alive and bounded[0].scores["pixel_l1"] == pytest.approx(0.2)
+    assert bounded[1].scores["pixel_l1"] is None and bounded[1].reject.reason.startswith("no score: pixel_l1")
+    only = run(PixelChangeParams(min_l1=None, max_l1=None))
+    assert all(s.alive for s in only) and only[0].scores["pixel_l1"] == pytest.approx(0.2)
+    assert PixelChangeFilter(PixelChangeParams(min_l1=None, max_l1=None), CONTEXT).thresholds() == {}
+    assert PixelChangeFilter(PixelChangeParams(min_l1=None), CONTEXT).thresholds() == {"pixel_l1": (None, 1.0)}
 
 
 def test_aesthetic_head_from_safetensors(tmp_path: Path, clip_stage: ClipFilter) -> None:

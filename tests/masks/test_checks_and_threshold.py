@@ -80,6 +80,26 @@ def test_mask_filter_stage_rejects_with_reasons_and_keeps_scores() -> None:
         MaskFilterParams(min_coverage=0.5, max_coverage=0.4)
 
 
+def test_mask_filter_keeps_unmasked_pairs_on_request_and_only_scores_without_bounds() -> None:
+    """UltraEdit's rule (``unmasked: keep``) passes a pair without a mask but still judges a mask; no bounds: no rule."""
+    big = np.full((50, 50), 255, np.uint8)
+
+    def run(params: MaskFilterParams) -> list[Sample]:
+        samples = [Sample(id="a", index=0, source_ref="a", mask=big), Sample(id="b", index=1, source_ref="b")]
+        return apply_stage(MaskFilter(params, CONTEXT), "mask_filter", samples, 8)
+
+    waived = run(MaskFilterParams(unmasked="keep"))
+    assert waived[0].reject.reason.startswith("mask too large") and waived[1].alive
+    assert waived[1].scores["mask_coverage"] is None
+    stage = MaskFilter(MaskFilterParams(unmasked="keep"), CONTEXT)
+    assert stage.not_applicable({"source_image", "target_image"}) is not None
+    assert stage.not_applicable({"source_image", "target_image", "mask"}) is None
+    assert MaskFilter(MaskFilterParams(), CONTEXT).not_applicable(set()) is None  # `reject`: the rule always applies
+    scoring = run(MaskFilterParams(min_coverage=None, max_coverage=None, max_contours=None))
+    assert all(s.alive for s in scoring) and scoring[0].scores["mask_coverage"] == 1.0
+    assert MaskFilter(MaskFilterParams(min_coverage=None, max_coverage=None, max_contours=None), CONTEXT).thresholds() == {}
+
+
 def test_pixel_distance_is_the_rgb_l1_on_unit_range() -> None:
     a = np.zeros((2, 2, 3), np.uint8)
     b = a.copy()

@@ -146,3 +146,47 @@ def test_the_cli(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     other = chain(tmp_path, "tight", "stages:\n  - kind: clip_filter\n    clip_model: tiny\n    min_clip_dir: 0.9\n")
     assert main(["refilter", str(built), "--filters", str(other), "--to", str(tmp_path / "cli")]) == 2  # holds another dataset
     assert main(["refilter", str(built), "--filters", str(other), "--to", str(tmp_path / "cli"), "--overwrite"]) == 0
+
+
+MASK_RULE = "stages:\n  - kind: mask_filter\n    unmasked: {unmasked}\n"
+MASKED = """
+name: refilter-masked
+seed: 0
+output: {dir: out, shard_size: 4, image_format: png}
+execution: {runner: local}
+source: {kind: skimage, photos: [astronaut, coffee], max_side: 128, edits_per_image: 1}
+stages:
+  - kind: instruct
+    backend: template
+  - kind: classical
+  - kind: ground
+    detector_model: IDEA-Research/grounding-dino-base
+    segmenter_model: facebook/sam-vit-huge
+    keywords: [main object]
+"""
+
+
+def test_a_mask_rule_passes_the_pairs_without_a_mask_and_counts_them(built: Path, tmp_path: Path) -> None:
+    """UltraEdit's mask rule (``unmasked: keep``) on a build that made no masks: every pair passes it, said so."""
+    with pytest.raises(RefilterError, match="mask_contours, mask_coverage, which the build did not score"):
+        refilter(built, chain(tmp_path, "strict", MASK_RULE.format(unmasked="reject")), tmp_path / "x")
+    report = refilter(built, chain(tmp_path, "waived", MASK_RULE.format(unmasked="keep")), tmp_path / "waived-out")
+    assert report["restored"] == report["dropped"] == 0
+    why = "no edit mask (a global edit): the mask rule checks region edits only"
+    # the rule runs last, on the rows the build's own filters (thresholds unchanged) keep: its data rows
+    assert report["not_applicable"] == {"mask_filter": {why: len(rows(built))}}
+    summary = json.loads((tmp_path / "waived-out" / "summary.json").read_text())
+    assert summary["derived_from"]["not_applicable"] == report["not_applicable"]
+    assert summary["stages"]["mask_filter"]["passed"] == len(rows(built))
+    for original in sorted((built / "data").glob("*.parquet")):
+        assert (tmp_path / "waived-out" / "data" / original.name).read_bytes() == original.read_bytes()
+
+
+def test_a_mask_rule_is_refused_on_a_pair_with_a_mask_the_build_did_not_score(tmp_path: Path) -> None:
+    out = tmp_path / "masked"
+    build(load_plan(write_recipe(tmp_path, MASKED), tiny=True, out=out), runner="local", progress=False)
+    masked = [r["id"] for r in rows(out) if r["mask"] is not None]
+    assert masked, "the fixture needs pairs with masks"
+    with pytest.raises(RefilterError, match=f"row {masked[0]} is a pair its rule applies to"):
+        refilter(out, chain(tmp_path, "waived", MASK_RULE.format(unmasked="keep")), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
