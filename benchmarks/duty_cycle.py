@@ -49,6 +49,7 @@ plugins: [benchmarks.stages, benchmarks.duty_cycle]
 output: {{dir: out, shard_size: 4}}
 execution:
   stall_timeout_s: 120
+  share_gpus: {share}
   stages:
 {placement}
 source: {{kind: empty, count: {items}}}
@@ -56,37 +57,48 @@ stages:
 {stages}
 """
 
+#: variant -> (declare seconds_per_item, share_gpus)
+VARIANTS = {"auto": (False, True), "whole": (True, False), "shared": (True, True)}
+
 
 def seconds_per_item(name: str) -> float:
     call, item, conc, batch, _ = STAGES[name]
     return (call + item * math.ceil(batch / conc)) / batch
 
 
-def recipe(items: int, trace: Path, costed: bool) -> str:
+def recipe(items: int, trace: Path, variant: str) -> str:
+    costed, share = VARIANTS[variant]
     stages, placement = [], []
-    for name, (call, item, conc, batch, share) in STAGES.items():
+    for name, (call, item, conc, batch, gpus) in STAGES.items():
         extra = ", make_images: true" if name == "generate" else ""
         stages.append(f"  - {{kind: traced_model, name: {name}, per_call_s: {call}, per_item_s: {item}, "
-                      f"concurrency: {conc}, trace_dir: '{trace}'{extra}}}")
+                      f"concurrency: {conc}, device_share: {gpus}, trace_dir: '{trace}'{extra}}}")
         cost = f", seconds_per_item: {seconds_per_item(name):.4f}" if costed else ""
-        placement.append(f"    {name}: {{num_gpus: {share}, batch_size: {batch}{cost}}}")
-    return RECIPE.format(placement="\n".join(placement), stages="\n".join(stages), items=items)
+        placement.append(f"    {name}: {{num_gpus: {gpus}, batch_size: {batch}{cost}}}")
+    return RECIPE.format(placement="\n".join(placement), stages="\n".join(stages), items=items, share=str(share).lower())
 
 
-def ceiling(gpus: int, counts: dict[str, int] | None = None) -> float:
-    """bound / wall in steady state for these actor counts (default: the best whole-actor split)."""
-    if counts is None:
-        light = {n: 1 for n in STAGES if n != "generate"}
-        best = 0.0
-        for extra in range(0, 4):  # a light stage with more than one actor, when it limits the rate
-            for name in light:
-                trial = dict(light, **{name: 1 + extra})
-                rest = gpus - sum(STAGES[n][4] * c for n, c in trial.items())
-                if rest >= 1:
-                    best = max(best, ceiling(gpus, dict(trial, generate=int(rest / STAGES["generate"][4] + 1e-9))))
-        return best
-    rate = min(counts[n] / seconds_per_item(n) for n in STAGES)
-    return rate * sum(seconds_per_item(n) * STAGES[n][4] for n in STAGES) / gpus
+def steady(gpus: int, counts: dict[str, int]) -> float:
+    """bound / wall in steady state with these actor counts: no start-up, no ramp, no tail.
+
+    The rate is the slowest pool's (actors / seconds per item) or, when stages time-share the
+    GPUs, the GPUs' seconds over the GPU-seconds per item, whichever is lower.
+    """
+    work = sum(seconds_per_item(n) * STAGES[n][4] for n in STAGES)
+    rate = min([counts[n] / seconds_per_item(n) for n in STAGES] + [gpus / work])
+    return rate * work / gpus
+
+
+def whole_ceiling(gpus: int) -> float:
+    """The best :func:`steady` with whole-GPU generators beside at least one actor of each light stage."""
+    best = 0.0
+    for extra in range(0, 4):
+        for name in (n for n in STAGES if n != "generate"):
+            trial = {n: 1 for n in STAGES if n != "generate"} | {name: 1 + extra}
+            rest = gpus - sum(STAGES[n][4] * c for n, c in trial.items())
+            if rest >= 1:
+                best = max(best, steady(gpus, trial | {"generate": int(rest + 1e-9)}))
+    return best
 
 
 def read_trace(trace: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -99,18 +111,17 @@ def read_trace(trace: Path) -> dict[str, list[tuple[int, float, float]]]:
     return calls
 
 
-def run(gpus: int, items: int, work: Path, costed: bool, cpus_per_gpu: int) -> list[str]:
+def run(gpus: int, items: int, work: Path, variant: str, cpus_per_gpu: int) -> list[str]:
     import ray
 
     from crispedit.engine import build
     from crispedit.engine.plan import resource_plan
     from crispedit.recipe import load_plan
 
-    variant = "costed" if costed else "auto"
     trace = work / f"trace_{variant}_{gpus}"
     trace.mkdir()
     path = work / f"duty_{variant}_{gpus}.yaml"
-    path.write_text(recipe(items, trace, costed), encoding="utf-8")
+    path.write_text(recipe(items, trace, variant), encoding="utf-8")
     plan = load_plan(path, out=work / f"out_{variant}_{gpus}")
     ray.init(num_cpus=cpus_per_gpu * gpus, num_gpus=gpus, include_dashboard=False, logging_level="ERROR")
     try:
@@ -120,42 +131,91 @@ def run(gpus: int, items: int, work: Path, costed: bool, cpus_per_gpu: int) -> l
         wall = time.time() - started
     finally:
         ray.shutdown()
-    stats = result.summary["stages"]
-    pools = {s.label: s.actors for s in fitted.steps if s.pool}
-    gpu_seconds = sum(stats[n]["seconds"] * s[4] for n, s in STAGES.items())
-    bound = gpu_seconds / gpus
+    assert result.summary["complete"], result.failed
+    pools = {s.label: s for s in fitted.steps if s.pool}
     calls = read_trace(trace)
+    busy = {n: sum(t1 - t0 for _, t0, t1 in calls[n]) for n in STAGES}
+    bound = sum(busy[n] * STAGES[n][4] for n in STAGES) / gpus
     first = min(t0 for _, t0, _ in calls["generate"]) - started
     tail = started + wall - max(t1 for _, _, t1 in calls["generate"])
-    planned = ceiling(gpus, {n: pools[n][1] for n in STAGES}) if all(pools[n][0] == pools[n][1] for n in STAGES) else None
-    rows = [f"| {gpus} | {variant} | {items} | {wall:.1f} | {bound:.1f} | **{bound / wall:.2f}** | {ceiling(gpus):.2f} | "
-            f"{'-' if planned is None else f'{planned:.2f}'} | {first:.1f} | {tail:.1f} |"]
+    fixed = all(pools[n].actors[0] == pools[n].actors[1] for n in STAGES)
+    planned = f"{steady(gpus, {n: pools[n].actors[1] for n in STAGES}):.2f}" if fixed else "-"
+    rows = [f"| {gpus} | {variant} | {items} | {wall:.1f} | {bound:.1f} | **{bound / wall:.2f}** | {whole_ceiling(gpus):.2f} | "
+            f"{planned} | {first:.1f} | {tail:.1f} |"]
     for name, spec in STAGES.items():
-        low, high = pools[name]
+        low, high = pools[name].actors
         ran = len({pid for pid, _, _ in calls[name]})
-        rows.append(f"|  | {name} ({spec[4]:g} GPU) | actors {low}-{high}, ran {ran} | busy {stats[name]['seconds']:.1f} s | | "
-                    f"{stats[name]['seconds'] / (wall * max(1, ran)):.2f} busy | | | | |")
+        size = f"{low}" if low == high else f"{low}-{high}"
+        rows.append(f"|  | {name} ({spec[4]:g} GPU of work; Ray {pools[name].num_gpus:.3g} GPU) | {size} actors, ran {ran} | "
+                    f"busy {busy[name]:.1f} s | | {busy[name] / (wall * max(1, ran)):.2f} busy | | | | |")
     return rows
 
 
 if __name__ != "__main__":  # imported as the recipe's plugin (driver and Ray workers): the traced stage kind
+    import fcntl
+
     from benchmarks.stages import SimulatedModelStage, SimulatedParams
     from crispedit.core.stage import Stage, register_stage
 
+    #: A fake GPU's time in quarters: an actor holds round(device_share * SLOTS) of them while it works.
+    SLOTS = 4
+
     class TracedParams(SimulatedParams):
         trace_dir: str
+        device_share: float = 1.0
 
     @register_stage
     class TracedModelStage(SimulatedModelStage, Stage[TracedParams]):
-        """``simulated_model`` that appends each call's start and end to TRACE_DIR/NAME.PID.trace."""
+        """``simulated_model`` that time-shares its fake GPU and traces each call.
+
+        Ray's GPU fractions only place actors; two actors on one device share its time. So each
+        call holds ``device_share`` of its device (quarters of a lock file per Ray GPU id, POSIX
+        byte-range locks) while it sleeps: a co-located lighter stage waits for the generator's
+        call to end, and the generator for it. The call's work (after the wait) goes to
+        TRACE_DIR/NAME.PID.trace as "start end".
+        """
 
         kind = "traced_model"
+        _fd: int | None = None
+
+        def _device(self) -> int | None:
+            import ray
+
+            ids = ray.get_gpu_ids() if ray.is_initialized() else []
+            if not ids:
+                return None
+            if self._fd is None:
+                path = os.path.join(self.params.trace_dir, f"gpu{ids[0]}.lock")
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT)
+            return self._fd
+
+        def _acquire(self, fd: int) -> tuple[int, int]:
+            need = max(1, round(self.params.device_share * SLOTS))
+            if need >= SLOTS:
+                fcntl.lockf(fd, fcntl.LOCK_EX, SLOTS, 0)
+                return SLOTS, 0
+            for start in range(0, SLOTS - need + 1):
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, need, start)
+                    return need, start
+                except OSError:
+                    continue
+            start = os.getpid() % (SLOTS - need + 1)
+            fcntl.lockf(fd, fcntl.LOCK_EX, need, start)
+            return need, start
 
         def __call__(self, batch: list) -> list:
-            began = time.time()
-            out = super().__call__(batch)
+            fd = self._device()
+            held = self._acquire(fd) if fd is not None else None
+            try:
+                began = time.time()
+                out = super().__call__(batch)
+                ended = time.time()
+            finally:
+                if fd is not None and held is not None:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, *held)
             with open(os.path.join(self.params.trace_dir, f"{self.name}.{os.getpid()}.trace"), "a") as f:
-                f.write(f"{began} {time.time()}\n")
+                f.write(f"{began} {ended}\n")
             return out
 
 
@@ -164,14 +224,14 @@ def main() -> None:
     parser.add_argument("--gpus", default="4,8")
     parser.add_argument("--items-per-gpu", type=int, default=40)
     parser.add_argument("--cpus-per-gpu", type=int, default=4, help="logical CPUs Ray is told of per fake GPU")
-    parser.add_argument("--variants", default="auto,costed")
+    parser.add_argument("--variants", default="auto,whole,shared")
     args = parser.parse_args()
-    print("| fake GPUs | plan | items | wall s | bound s | bound / wall | ceiling | plan's ceiling | start-up s | tail s |")
+    print("| fake GPUs | plan | items | wall s | bound s | bound / wall | whole-GPU ceiling | plan's steady state | start-up s | tail s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for gpus in (int(g) for g in args.gpus.split(",")):
             for variant in args.variants.split(","):
-                for row in run(gpus, args.items_per_gpu * gpus, Path(tmp), variant == "costed", args.cpus_per_gpu):
+                for row in run(gpus, args.items_per_gpu * gpus, Path(tmp), variant, args.cpus_per_gpu):
                     print(row, flush=True)
 
 

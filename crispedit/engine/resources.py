@@ -80,6 +80,8 @@ class ResourcePlan:
     gpu_scale: float = 1.0
     #: Memory of one GPU in GiB the sharing check used (None: unknown, not checked).
     gpu_memory_gb: float | None = None
+    #: The slow stage has an actor on every GPU and the lighter model stages time-share GPUs beside it.
+    colocated: bool = False
 
     def lines(self) -> list[str]:
         """The plan as a user reads it (``crispedit -v build``, ``crispedit plan``)."""
@@ -90,6 +92,8 @@ class ResourcePlan:
             head += f" (CPU requests scaled by {self.cpu_scale:.3f} so that every step can run at once)"
         if self.gpu_scale < 1:
             head += f" (GPU requests scaled by {self.gpu_scale:.3f}: the model stages share the GPUs)"
+        if self.colocated:
+            head += " (the slowest model stage on every GPU, the lighter ones beside it: they time-share the GPUs)"
         out = [head]
         for s in self.steps:
             low, high = s.workers
@@ -98,6 +102,13 @@ class ResourcePlan:
             mem += f", {s.gpu_memory_gb:g} GiB GPU memory" if s.gpu_memory_gb else ""
             out.append(f"  {s.label:<36} {workers:<12} {s.num_cpus:.4g} CPU, {s.num_gpus:g} GPU{mem} each")
         out.append(f"  {'commit':<36} {'tasks':<12} {self.commit_cpus:.4g} CPU each (outside Ray Data's budget)")
+        unused = self.gpus - sum(s.num_gpus * s.workers[1] for s in self.steps if s.pool)
+        uncosted = [s.label for s in self.steps if s.pool and s.auto and s.num_gpus and not s.seconds_per_item]
+        if unused > 1e-6 and uncosted:
+            out.append(
+                f"  {unused:.4g} of the {self.gpus:g} GPUs stay unused: declare execution.stages.NAME.seconds_per_item for "
+                f"{', '.join(uncosted)} (`crispedit plan --sample K` prints it as s/source) and the plan sizes the pools to use them"
+            )
         return out
 
 
@@ -141,9 +152,16 @@ def make_plan(
     if gpu_scale < 1:
         steps = [replace(s, num_gpus=_floor(s.num_gpus * gpu_scale)) for s in steps]
     _check_gpus(steps, gpus, node_gpus)
-    steps = size_pools(steps, gpus)
+    sized = size_pools(steps, gpus, colocate=share_gpus)
     if gpu_memory_gb:
-        check_gpu_memory(steps, gpu_memory_gb)
+        try:
+            check_gpu_memory(sized, gpu_memory_gb)
+        except PlanError:
+            if sized == (sized := size_pools(steps, gpus, colocate=False)):
+                raise
+            check_gpu_memory(sized, gpu_memory_gb)  # the light stages beside the heavy one do not fit: whole GPUs
+    colocated = sized != size_pools(steps, gpus, colocate=False)
+    steps = sized
     _check_memory(steps, memory_gb)
     commit_cpus = min(commit_cpus, cpus / (len(steps) + 1))
     limit = cpus - commit_cpus  # what Ray Data may hand out (exclude_resources keeps the rest)
@@ -167,7 +185,7 @@ def make_plan(
                 f"stage {s.label!r} cannot get a share of the cluster's {cpus:g} CPUs next to the other "
                 f"{len(steps) - 1} steps: run on more CPUs or with fewer actors"
             )
-    return ResourcePlan(cpus, gpus, memory_gb, tuple(planned), _floor(commit_cpus), scale, gpu_scale, gpu_memory_gb)
+    return ResourcePlan(cpus, gpus, memory_gb, tuple(planned), _floor(commit_cpus), scale, gpu_scale, gpu_memory_gb, colocated)
 
 
 def _gpu_share(steps: list[StepReservation], gpus: float, node_gpus: float) -> float:
@@ -220,7 +238,7 @@ def _floor(value: float) -> float:
     return int(value / _GRAIN) * _GRAIN
 
 
-def size_pools(steps: list[StepReservation], gpus: float) -> list[StepReservation]:
+def size_pools(steps: list[StepReservation], gpus: float, *, colocate: bool = True) -> list[StepReservation]:
     """Actor counts for the GPU pools whose size the recipe left to the plan.
 
     One actor per model stage leaves most GPUs of a large node idle, and an autoscaling pool
@@ -229,8 +247,16 @@ def size_pools(steps: list[StepReservation], gpus: float) -> list[StepReservatio
     measured) its seconds per item, the GPUs are split in proportion to each pool's GPU-seconds
     per item, at a fixed size from the start: every lighter pool gets the actors it needs to
     keep up with that rate (rounded up, at least one) and the heaviest takes the rest, so the
-    GPUs go to the slow stage and no stage waits on a lighter one. A pool without a cost gets
-    an autoscaling pool from one actor up to the GPUs the others leave at their minimum.
+    GPUs go to the slow stage and no stage waits on a lighter one. A pool without a cost keeps
+    one actor: Ray Data 2.60 splits the GPUs it does not reserve evenly over every operator, so
+    an autoscaling pool does not grow past its own reservation (measured: a 1-3 actor generator
+    pool beside three 1-10 actor pools ran one actor for the whole build, see
+    benchmarks/RESULTS.md), and :meth:`ResourcePlan.lines` says which GPUs stay unused and why.
+
+    Whole GPUs waste what the lighter pools leave of the GPUs they sit on (on 4 GPUs, three
+    quarter-GPU stages leave the generator three GPUs). With ``colocate`` (the recipe's
+    ``share_gpus``), when it is faster the slowest stage gets an actor on every GPU and the
+    lighter actors time-share GPUs beside it (see :func:`_colocated`).
     """
     auto = [i for i, s in enumerate(steps) if s.pool and s.auto and s.num_gpus > 0]
     if not auto or gpus <= 0:
@@ -238,18 +264,15 @@ def size_pools(steps: list[StepReservation], gpus: float) -> list[StepReservatio
     out = list(steps)
     held = sum(s.num_gpus * s.workers[0] for i, s in enumerate(steps) if i not in auto)
     costed = [i for i in auto if steps[i].seconds_per_item]
-    free = gpus - held - sum(steps[i].num_gpus for i in auto if i not in costed)  # the uncosted pools' first actor
+    free = gpus - held - sum(steps[i].num_gpus for i in auto if i not in costed)  # the uncosted pools' one actor
     if costed:
-        counts = _split(
-            [steps[i].num_gpus for i in costed], [float(steps[i].seconds_per_item or 0.0) for i in costed], free,
-        )
-        for i, n in zip(costed, counts, strict=True):
-            out[i] = replace(steps[i], actors=(n, n))
-    used = held + sum(out[i].num_gpus * out[i].actors[0] for i in auto)
-    for i in auto:
-        if i not in costed:
-            spare = gpus - used + out[i].num_gpus  # what the others leave, this pool's own first actor included
-            out[i] = replace(steps[i], actors=(1, max(1, int(spare / out[i].num_gpus + 1e-9))))
+        shares = [steps[i].num_gpus for i in costed]
+        seconds = [float(steps[i].seconds_per_item or 0.0) for i in costed]
+        counts = _split(shares, seconds, free)
+        if colocate and len(costed) == len(auto) > 1 and not held:
+            shares, counts = _colocated(shares, seconds, counts, gpus)
+        for i, g, n in zip(costed, shares, counts, strict=True):
+            out[i] = replace(steps[i], num_gpus=g, actors=(n, n))
     return out
 
 
@@ -266,6 +289,36 @@ def _split(shares: list[float], seconds: list[float], free: float) -> list[int]:
         counts[heavy] = max(1, int(rest / shares[heavy] + 1e-9))
         rate = min(counts[k] / seconds[k] for k in range(len(shares)))
     return counts
+
+
+#: The GPU fraction the lighter actors take together when they sit beside the slowest stage (below a half).
+_BESIDE = 0.45
+
+
+def _colocated(shares: list[float], seconds: list[float], counts: list[int], gpus: float) -> tuple[list[float], list[int]]:
+    """One actor of the slowest (whole-GPU) stage on every GPU and the lighter actors beside them, when that is faster.
+
+    Ray's GPU fractions only decide placement: two actors on one device share its time. The
+    lighter actors get fractions adding up to at most ``_BESIDE`` (< 1/2) and the slow stage
+    ``1 - _BESIDE`` (> 1/2), so that however Ray places them, no device holds two slow actors
+    and every device has room for one: every GPU runs the slow stage and the lighter stages take
+    their own seconds from the devices they land on. Their declared fractions are what their
+    seconds cost a device; the rate is the GPUs' seconds over every stage's GPU-seconds per item.
+    """
+    heavy = max(range(len(shares)), key=lambda k: shares[k] * seconds[k])
+    devices = int(gpus + 1e-9)
+    if abs(shares[heavy] - 1.0) > 1e-9 or devices < 2:
+        return shares, counts
+    whole = min(n / t for n, t in zip(counts, seconds, strict=True))
+    rate = devices / sum(g * t for g, t in zip(shares, seconds, strict=True))
+    light = [k for k in range(len(shares)) if k != heavy]
+    beside = {k: max(1, math.ceil(rate * seconds[k] - 1e-6)) for k in light}
+    rate = min([rate, devices / seconds[heavy]] + [beside[k] / seconds[k] for k in light])
+    if rate <= whole * 1.02:
+        return shares, counts
+    each = _floor(_BESIDE / sum(beside.values()))
+    new_shares = [_floor(1 - _BESIDE) if k == heavy else each for k in range(len(shares))]
+    return new_shares, [devices if k == heavy else beside[k] for k in range(len(shares))]
 
 
 def check_gpu_memory(steps: list[StepReservation], device_gb: float) -> None:

@@ -66,8 +66,9 @@ class StageResources(Strict):
         "actors that may share one GPU must fit in its memory, or the build is refused before any model loads",
     )
     seconds_per_item: float | None = Field(
-        None, gt=0, description="seconds one item costs one actor (measured by `crispedit plan --sample`, or known): on GPUs the plan "
-        "sizes the model stages' pools in proportion, so that the GPUs go to the slow stage",
+        None, gt=0, description="the stage's seconds per source item on one actor (its fan-out and the filters before it included; "
+        "`crispedit plan --sample` prints it as s/source): on GPUs the plan sizes the model stages' pools in proportion, "
+        "so that the GPUs go to the slow stage",
     )
     batch_size: PositiveInt | None = Field(None, description="samples per call of the stage (default: the stage's declaration)")
     concurrency: PositiveInt | None = Field(None, description="a fixed number of actors for a model stage")

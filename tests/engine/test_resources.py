@@ -109,18 +109,41 @@ def test_a_recipe_sharing_one_gpu_checks_the_declared_memory_against_the_stated_
     assert resource_plan(plan, *_cluster(8.0, gpus=1.0), gpu_memory_gb=80.0).gpu_memory_gb == 80.0  # `crispedit plan`'s own size wins
 
 
-def test_declared_costs_split_the_gpus_so_that_the_slow_stage_gets_them() -> None:
-    """The duty-cycle mix on 8 GPUs: the grounder needs two actors to keep up with seven generators."""
-    steps = [_pool("generate", 1.0, seconds=2.0), _pool("ground", 0.25, seconds=0.3),
-             _pool("clip", 0.25, seconds=0.05), _pool("judge", 0.25, seconds=1.5 / 16)]
-    fitted = make_plan(steps, cpus=32.0, gpus=8.0, memory_gb=16.0)
+def _mix() -> list[StepReservation]:
+    """The duty-cycle benchmark's stages: a 2 s/item whole-GPU generator and three quarter-GPU light stages."""
+    return [_pool("generate", 1.0, seconds=2.0), _pool("ground", 0.25, seconds=0.3),
+            _pool("clip", 0.25, seconds=0.05), _pool("judge", 0.25, seconds=1.5 / 16)]
+
+
+def test_declared_costs_split_whole_gpus_so_that_the_slow_stage_gets_them() -> None:
+    """Without sharing, 8 GPUs: the grounder needs two actors to keep up with seven generators."""
+    fitted = make_plan(_mix(), cpus=32.0, gpus=8.0, memory_gb=16.0, share_gpus=False)
     assert [s.actors for s in fitted.steps] == [(7, 7), (2, 2), (1, 1), (1, 1)]
-    assert sum(s.num_gpus * s.actors[1] for s in fitted.steps) <= 8.0
-    four = make_plan(steps, cpus=16.0, gpus=4.0, memory_gb=16.0)
+    assert sum(s.num_gpus * s.actors[1] for s in fitted.steps) <= 8.0 and not fitted.colocated
+    four = make_plan(_mix(), cpus=16.0, gpus=4.0, memory_gb=16.0, share_gpus=False)
     assert [s.actors for s in four.steps] == [(3, 3), (1, 1), (1, 1), (1, 1)]
 
 
-def test_pools_without_a_cost_autoscale_up_to_the_gpus_the_others_leave() -> None:
+def test_with_sharing_the_slow_stage_runs_on_every_gpu_and_the_light_ones_fit_beside_it_in_any_placement() -> None:
+    fitted = make_plan(_mix(), cpus=16.0, gpus=4.0, memory_gb=16.0)
+    generate, *light = fitted.steps
+    assert fitted.colocated and generate.actors == (4, 4) and [s.actors for s in light] == [(1, 1)] * 3
+    beside = sum(s.num_gpus * s.actors[1] for s in light)
+    assert generate.num_gpus > 0.5  # no GPU can hold two generators...
+    assert generate.num_gpus + beside <= 1.0 + 1e-9  # ...and one fits even on the GPU holding every light actor
+    assert "they time-share the GPUs" in fitted.lines()[0]
+
+
+def test_light_stages_that_do_not_fit_beside_the_slow_one_in_gpu_memory_get_whole_gpus_instead() -> None:
+    """Co-located, one GPU may hold a generator and every light actor: 20 + 3 x 8 GiB is over 40; whole GPUs fit."""
+    steps = [replace(s, gpu_memory_gb=20.0 if s.label == "generate" else 8.0) for s in _mix()]
+    fitted = make_plan(steps, cpus=16.0, gpus=4.0, memory_gb=16.0, gpu_memory_gb=40.0)
+    assert not fitted.colocated and [s.actors for s in fitted.steps] == [(3, 3), (1, 1), (1, 1), (1, 1)]
+    assert make_plan(steps, cpus=16.0, gpus=4.0, memory_gb=16.0, gpu_memory_gb=80.0).colocated
+
+
+def test_pools_without_a_cost_keep_one_actor_and_the_plan_says_which_gpus_stay_unused() -> None:
     steps = [_pool("generate", 1.0), _pool("ground", 0.25), replace(_pool("fixed", 0.5), actors=(2, 2), auto=False)]
     fitted = make_plan(steps, cpus=16.0, gpus=4.0, memory_gb=16.0)
-    assert [s.actors for s in fitted.steps] == [(1, 1 + int(4.0 - 1.0 - 0.25 - 1.0)), (1, int((4.0 - 1.0 - 1.0) / 0.25)), (2, 2)]
+    assert [s.actors for s in fitted.steps] == [(1, 1), (1, 1), (2, 2)]
+    assert "1.75 of the 4 GPUs stay unused: declare execution.stages.NAME.seconds_per_item for generate, ground" in fitted.lines()[-1]
