@@ -7,20 +7,24 @@ fine since the stages sleep. A recipe of simulated model stages (``simulated_mod
 2 s/item holding a whole GPU, and a grounder at 0.3 s/item, a CLIP-like scorer at 0.05 s/item
 and an LLM-like judge at 1.5 s for a batch of 16 concurrent requests, each declared at 0.25 GPU.
 
-The recipe says nothing about pool sizes: the engine's plan decides them. Two variants run:
-``auto`` (no costs declared: autoscaling pools up to what the GPUs allow) and ``costed``
-(each stage's ``seconds_per_item`` declared, as ``crispedit plan --sample`` measures it: the
-plan splits the GPUs in proportion at a fixed size).
+The recipe says nothing about pool sizes: the engine's plan decides them. Variants: ``auto``
+(no costs declared: each pool keeps one actor), ``whole`` (each stage's ``seconds_per_item``
+declared, as ``crispedit plan --sample`` measures it, and ``share_gpus: false``: whole GPUs
+split in proportion) and ``shared`` (the same with sharing: the generator on every GPU, the
+light stages beside it).
 
-The bound is the simulated GPU-seconds (each stage's busy seconds times the GPU share each of
-its actors holds) over the GPUs; bound / wall is the fraction of the GPUs' capacity held by a
-busy actor. "ceiling" is the best bound / wall any plan can reach with these GPU shares in
-whole actors (the slow stage takes whole GPUs, the three light stages at least one actor
-each), and "plan's ceiling" the same for the pool sizes the plan chose (no start-up, no ramp).
-From the trace of every call: the actors each stage ran, start-up (build start to the first
-generator call), tail (the last generator call's end to the build's end).
+Ray's GPU fractions only place actors, so the fake GPUs are time-shared here: each call holds
+its stage's fraction of work (1 for the generator, 0.25 for the others) of its Ray GPU id's
+lock file while it sleeps, and a co-located light stage waits for the generator's call and the
+other way round. The bound is the simulated GPU-seconds (each stage's traced sleep seconds times
+its fraction of work) over the GPUs; bound / wall is the fraction of the GPUs' time spent
+working. "start-up and tail left out" is the same ratio between the generator's first call and
+the end of its last. "whole-GPU ceiling" is the best steady-state ratio with whole-GPU
+generators beside at least one actor of each light stage; "plan's steady state" is the same
+for the pool sizes the plan chose (no start-up, no tail). From the trace of every call: the
+actors each stage ran and when each stage's first call began.
 
-    python benchmarks/duty_cycle.py [--gpus 4,8] [--items-per-gpu 40] [--variants auto,costed]
+    python benchmarks/duty_cycle.py [--gpus 4,8] [--items-per-gpu 40] [--variants auto,whole,shared]
 """
 
 from __future__ import annotations
@@ -138,16 +142,19 @@ def run(gpus: int, items: int, work: Path, variant: str, cpus_per_gpu: int) -> l
     bound = sum(busy[n] * STAGES[n][4] for n in STAGES) / gpus
     first = min(t0 for _, t0, _ in calls["generate"]) - started
     tail = started + wall - max(t1 for _, _, t1 in calls["generate"])
+    lo, hi = started + first, started + wall - tail  # the generator's first call to its last: start-up and tail left out
+    inside = sum(max(0.0, min(t1, hi) - max(t0, lo)) * STAGES[n][4] for n in STAGES for _, t0, t1 in calls[n])
     fixed = all(pools[n].actors[0] == pools[n].actors[1] for n in STAGES)
     planned = f"{steady(gpus, {n: pools[n].actors[1] for n in STAGES}):.2f}" if fixed else "-"
-    rows = [f"| {gpus} | {variant} | {items} | {wall:.1f} | {bound:.1f} | **{bound / wall:.2f}** | {whole_ceiling(gpus):.2f} | "
-            f"{planned} | {first:.1f} | {tail:.1f} |"]
+    rows = [f"| {gpus} | {variant} | {items} | {wall:.1f} | {bound:.1f} | **{bound / wall:.2f}** | {inside / (gpus * (hi - lo)):.2f} | "
+            f"{whole_ceiling(gpus):.2f} | {planned} | {first:.1f} | {tail:.1f} |"]
     for name, spec in STAGES.items():
         low, high = pools[name].actors
         ran = len({pid for pid, _, _ in calls[name]})
         size = f"{low}" if low == high else f"{low}-{high}"
+        began = min(t0 for _, t0, _ in calls[name]) - started
         rows.append(f"|  | {name} ({spec[4]:g} GPU of work; Ray {pools[name].num_gpus:.3g} GPU) | {size} actors, ran {ran} | "
-                    f"busy {busy[name]:.1f} s | | {busy[name] / (wall * max(1, ran)):.2f} busy | | | | |")
+                    f"busy {busy[name]:.1f} s | | {busy[name] / (wall * max(1, ran)):.2f} busy | | | | first call {began:.1f} s | |")
     return rows
 
 
@@ -159,6 +166,8 @@ if __name__ != "__main__":  # imported as the recipe's plugin (driver and Ray wo
 
     #: A fake GPU's time in quarters: an actor holds round(device_share * SLOTS) of them while it works.
     SLOTS = 4
+    #: Time-slicing: a call works in slices of SLICE_S, giving the device up for GAP_S after each (not counted as work).
+    SLICE_S, GAP_S = 0.1, 0.001
 
     class TracedParams(SimulatedParams):
         trace_dir: str
@@ -166,13 +175,13 @@ if __name__ != "__main__":  # imported as the recipe's plugin (driver and Ray wo
 
     @register_stage
     class TracedModelStage(SimulatedModelStage, Stage[TracedParams]):
-        """``simulated_model`` that time-shares its fake GPU and traces each call.
+        """``simulated_model`` that time-shares its fake GPU and traces its work.
 
-        Ray's GPU fractions only place actors; two actors on one device share its time. So each
-        call holds ``device_share`` of its device (quarters of a lock file per Ray GPU id, POSIX
-        byte-range locks) while it sleeps: a co-located lighter stage waits for the generator's
-        call to end, and the generator for it. The call's work (after the wait) goes to
-        TRACE_DIR/NAME.PID.trace as "start end".
+        Ray's GPU fractions only place actors; two actors on one device share its time. So a
+        call sleeps its time in slices of ``SLICE_S``, each holding ``device_share`` of its
+        device (quarters of a lock file per Ray GPU id, POSIX byte-range locks): a co-located
+        light stage and the generator take turns, as kernels of two processes do on a real GPU
+        (at a coarser grain). Each slice of work goes to TRACE_DIR/NAME.PID.trace as "start end".
         """
 
         kind = "traced_model"
@@ -205,18 +214,26 @@ if __name__ != "__main__":  # imported as the recipe's plugin (driver and Ray wo
             return need, start
 
         def __call__(self, batch: list) -> list:
+            p = self.params
+            work = p.per_call_s + p.per_item_s * math.ceil(len(batch) / p.concurrency)
             fd = self._device()
-            held = self._acquire(fd) if fd is not None else None
-            try:
+            slices = []
+            while len(slices) * SLICE_S < work - 1e-9:
+                step = min(SLICE_S, work - len(slices) * SLICE_S)
+                held = self._acquire(fd) if fd is not None else None
                 began = time.time()
-                out = super().__call__(batch)
-                ended = time.time()
-            finally:
+                time.sleep(step)
+                slices.append((began, time.time()))
                 if fd is not None and held is not None:
                     fcntl.lockf(fd, fcntl.LOCK_UN, *held)
-            with open(os.path.join(self.params.trace_dir, f"{self.name}.{os.getpid()}.trace"), "a") as f:
-                f.write(f"{began} {ended}\n")
-            return out
+                    time.sleep(GAP_S)  # lets a co-located actor waiting on the lock take its turn
+            with open(os.path.join(p.trace_dir, f"{self.name}.{os.getpid()}.trace"), "a") as f:
+                f.writelines(f"{t0} {t1}\n" for t0, t1 in slices)
+            self.params = p.model_copy(update={"per_call_s": 0.0, "per_item_s": 0.0})
+            try:
+                return super().__call__(batch)  # the images, without a second sleep
+            finally:
+                self.params = p
 
 
 def main() -> None:
@@ -226,8 +243,9 @@ def main() -> None:
     parser.add_argument("--cpus-per-gpu", type=int, default=4, help="logical CPUs Ray is told of per fake GPU")
     parser.add_argument("--variants", default="auto,whole,shared")
     args = parser.parse_args()
-    print("| fake GPUs | plan | items | wall s | bound s | bound / wall | whole-GPU ceiling | plan's steady state | start-up s | tail s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| fake GPUs | plan | items | wall s | bound s | bound / wall | same, start-up and tail left out | whole-GPU ceiling | "
+          "plan's steady state | start-up s | tail s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for gpus in (int(g) for g in args.gpus.split(",")):
             for variant in args.variants.split(","):
