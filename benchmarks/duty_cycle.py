@@ -153,8 +153,10 @@ def run(gpus: int, items: int, work: Path, variant: str, cpus_per_gpu: int) -> l
         ran = len({pid for pid, _, _ in calls[name]})
         size = f"{low}" if low == high else f"{low}-{high}"
         began = min(t0 for _, t0, _ in calls[name]) - started
+        setups = sorted(float(p.read_text().split()[0]) - started for p in trace.glob(f"{name}.*.setup"))
+        ready = f"actors set up at {', '.join(f'{t:.0f}' for t in setups)} s; " if setups else ""
         rows.append(f"|  | {name} ({spec[4]:g} GPU of work; Ray {pools[name].num_gpus:.3g} GPU) | {size} actors, ran {ran} | "
-                    f"busy {busy[name]:.1f} s | | {busy[name] / (wall * max(1, ran)):.2f} busy | | | | first call {began:.1f} s | |")
+                    f"busy {busy[name]:.1f} s | | {busy[name] / (wall * max(1, ran)):.2f} busy | | | | {ready}first call {began:.1f} s | |")
     return rows
 
 
@@ -186,6 +188,11 @@ if __name__ != "__main__":  # imported as the recipe's plugin (driver and Ray wo
 
         kind = "traced_model"
         _fd: int | None = None
+
+        def setup(self) -> None:
+            super().setup()
+            with open(os.path.join(self.params.trace_dir, f"{self.name}.{os.getpid()}.setup"), "a") as f:
+                f.write(f"{time.time()}\n")
 
         def _device(self) -> int | None:
             import ray

@@ -293,6 +293,8 @@ def _split(shares: list[float], seconds: list[float], free: float) -> list[int]:
 
 #: The GPU fraction the lighter actors take together when they sit beside the slowest stage (below a half).
 _BESIDE = 0.45
+#: How much slower a light actor runs beside a busy slow actor (they take turns on the device).
+_TURNS = 2.0
 
 
 def _colocated(shares: list[float], seconds: list[float], counts: list[int], gpus: float) -> tuple[list[float], list[int]]:
@@ -312,7 +314,8 @@ def _colocated(shares: list[float], seconds: list[float], counts: list[int], gpu
     whole = min(n / t for n, t in zip(counts, seconds, strict=True))
     rate = devices / sum(g * t for g, t in zip(shares, seconds, strict=True))
     light = [k for k in range(len(shares)) if k != heavy]
-    beside = {k: max(1, math.ceil(rate * seconds[k] - 1e-6)) for k in light}
+    # A light actor takes turns with the slow actor on its GPU: about half the device while both work, twice its seconds.
+    beside = {k: max(1, math.ceil(_TURNS * rate * seconds[k] - 1e-6)) for k in light}
     rate = min([rate, devices / seconds[heavy]] + [beside[k] / seconds[k] for k in light])
     if rate <= whole * 1.02:
         return shares, counts

@@ -127,7 +127,8 @@ def test_declared_costs_split_whole_gpus_so_that_the_slow_stage_gets_them() -> N
 def test_with_sharing_the_slow_stage_runs_on_every_gpu_and_the_light_ones_fit_beside_it_in_any_placement() -> None:
     fitted = make_plan(_mix(), cpus=16.0, gpus=4.0, memory_gb=16.0)
     generate, *light = fitted.steps
-    assert fitted.colocated and generate.actors == (4, 4) and [s.actors for s in light] == [(1, 1)] * 3
+    # ground at 0.3 s/item runs at about half speed beside a generator: two actors keep up with four generators
+    assert fitted.colocated and generate.actors == (4, 4) and [s.actors for s in light] == [(2, 2), (1, 1), (1, 1)]
     beside = sum(s.num_gpus * s.actors[1] for s in light)
     assert generate.num_gpus > 0.5  # no GPU can hold two generators...
     assert generate.num_gpus + beside <= 1.0 + 1e-9  # ...and one fits even on the GPU holding every light actor
