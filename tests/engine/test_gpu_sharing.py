@@ -40,7 +40,8 @@ def test_more_gpu_stages_than_gpus_share_the_gpu_or_are_refused_before_any_model
     assert "stage 'p2p' needs 1 GPU(s) for 1 actor(s), but only 0 of the cluster's 1 GPUs are left" in refused.stderr
     assert "sdxl_source hold 1" in refused.stderr  # who holds the GPU it lacks
     assert not list((tmp_path / "refused").glob("data/*.parquet"))
-    assert "ray step" not in refused.stderr  # refused while planning: no Ray step was made, so no actor (or model) started
+    # refused while fitting the plan: before the plan is logged and any Ray step (actor, model) is made
+    assert "resource plan for" not in refused.stderr
 
     shared = _build(_recipe(tmp_path, share=True), tmp_path / "shared")
     assert shared.returncode == 0, shared.stderr[-3000:]
