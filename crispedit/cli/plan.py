@@ -25,6 +25,8 @@ def register(commands: Any) -> None:
     plan.add_argument("--gpus-per-node", type=float, help="GPUs of the largest node (default: --gpus)")
     plan.add_argument("--memory-gb", type=float, default=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
                       help="cluster memory in GiB (default: this machine's)")
+    plan.add_argument("--gpu-memory-gb", type=float,
+                      help="memory of one GPU in GiB for the sharing check (default: execution.gpu_memory_gb, else this machine's CUDA device)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of tables")
     plan.set_defaults(func=_plan)
 
@@ -41,13 +43,13 @@ def _plan(args: argparse.Namespace) -> int:
     node = dict(resources, GPU=args.gpus if args.gpus_per_node is None else args.gpus_per_node)
     report: dict[str, Any] = {"cluster": {"cpus": args.cpus, "gpus": args.gpus, "memory_gb": round(args.memory_gb, 1)}}
     try:
-        fitted = resource_plan(plan, resources, [{"Alive": True, "Resources": node}])
+        fitted = resource_plan(plan, resources, [{"Alive": True, "Resources": node}], gpu_memory_gb=args.gpu_memory_gb)
     except PlanError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     report["resource_plan"] = [
         {"step": s.label, "pool": s.pool, "workers": list(s.workers), "num_cpus": s.num_cpus, "num_gpus": s.num_gpus,
-         "memory_gb": s.memory_gb} for s in fitted.steps
+         "memory_gb": s.memory_gb, "gpu_memory_gb": s.gpu_memory_gb} for s in fitted.steps
     ]
     lines = fitted.lines()
     if args.items is not None:

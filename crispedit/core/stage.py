@@ -53,6 +53,8 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_gb: float | None = None
+    #: GPU memory one worker holds (its models and activations), in GiB: checked against the device when actors share it.
+    gpu_memory_gb: float | None = None
 
 
 P = TypeVar("P", bound=StageParams)

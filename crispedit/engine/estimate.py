@@ -22,6 +22,9 @@ class StageEstimate:
     cpu_hours: float
     gpu_hours: float
     usage: dict[str, float] = field(default_factory=dict)  # LLM requests, tokens, cost, scaled
+    #: The stage's seconds per source item in the sample (every input it saw, fan-out and filters included):
+    #: what ``execution.stages.NAME.seconds_per_item`` declares to size the pools.
+    seconds_per_item: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,15 @@ class Estimate:
         out = [
             f"for {self.kept_wanted} kept pairs: {self.inputs_needed} source items "
             f"(measured: {self.sampled_kept} kept of {self.sampled_inputs})",
-            f"  {'stage':<24} {'survival':>8} {'items':>12} {'CPU-h':>10} {'GPU-h':>10}  usage",
+            f"  {'stage':<24} {'survival':>8} {'items':>12} {'s/source':>8} {'CPU-h':>10} {'GPU-h':>10}  usage",
         ]
         for s in self.stages:
             usage = ", ".join(f"{k} {v:.4g}" for k, v in s.usage.items())
-            out.append(f"  {s.name:<24} {s.survival:>8.3f} {s.items:>12.0f} {s.cpu_hours:>10.4g} {s.gpu_hours:>10.4g}  {usage}")
+            out.append(f"  {s.name:<24} {s.survival:>8.3f} {s.items:>12.0f} {s.seconds_per_item:>8.3g} {s.cpu_hours:>10.4g} "
+                       f"{s.gpu_hours:>10.4g}  {usage}")
         shape = f"{self.cpus:g} CPUs, {self.gpus:g} GPUs"
         out.append(f"wall time on {shape}: at least {self.wall_hours:.4g} h (every GPU and CPU busy; model loading not counted)")
+        out.append("  (s/source is what execution.stages.NAME.seconds_per_item declares: the plan then splits the GPUs in proportion)")
         return out
 
 
@@ -73,6 +78,7 @@ def estimate(summary: dict[str, Any], kept_wanted: int, *, cpus: float, gpus: fl
             name, (int(data.get("passed", 0)) / seen) if seen else 0.0, seen * factor,
             cpu_s * factor / 3600, gpu_s * factor / 3600,
             {k: float(v) * factor for k, v in sorted(data.get("usage", {}).items())},
+            float(data.get("seconds", 0.0)) / sampled_inputs,
         ))
     gpu_h = sum(s.gpu_hours for s in out)
     cpu_h = sum(s.cpu_hours for s in out)

@@ -59,6 +59,10 @@ class Placement:
     num_gpus: float
     memory_gb: float | None
     actors: tuple[int, int]
+    gpu_memory_gb: float | None = None
+    seconds_per_item: float | None = None
+    #: The recipe set the pool's size (concurrency, min_actors or max_actors); else the plan sizes it.
+    sized: bool = False
 
 
 def placement(plan: BuildPlan, entry: Entry) -> Placement:
@@ -72,12 +76,16 @@ def placement(plan: BuildPlan, entry: Entry) -> Placement:
         actors = (low, max(low, r.max_actors or low))
     else:
         actors = (1, 1)
+    sized = r is not None and bool(r.concurrency or r.min_actors or r.max_actors)
     return Placement(
         batch_size=(r.batch_size if r and r.batch_size else cls.default_batch_size),
         num_cpus=(r.num_cpus if r and r.num_cpus is not None else declared.num_cpus),
         num_gpus=(r.num_gpus if r and r.num_gpus is not None else declared.num_gpus),
         memory_gb=(r.memory_gb if r and r.memory_gb is not None else declared.memory_gb),
         actors=actors,
+        gpu_memory_gb=(r.gpu_memory_gb if r and r.gpu_memory_gb is not None else declared.gpu_memory_gb),
+        seconds_per_item=r.seconds_per_item if r else None,
+        sized=sized,
     )
 
 
@@ -156,7 +164,10 @@ def declared_steps(plan: BuildPlan, gpus_here: float) -> list[StepReservation]:
         if pool:
             where = fused[0]
             gpus = where.num_gpus if gpus_here > 0 else 0.0
-            out.append(StepReservation(names, True, where.num_cpus, gpus, where.memory_gb, where.actors, where.num_cpus))
+            out.append(StepReservation(
+                names, True, where.num_cpus, gpus, where.memory_gb, where.actors, where.num_cpus,
+                gpu_memory_gb=where.gpu_memory_gb if gpus else None, seconds_per_item=where.seconds_per_item, auto=not where.sized,
+            ))
         else:
             cpus = max([p.num_cpus for p in fused] or [1.0])
             gpus = max([p.num_gpus for p in fused] or [0.0]) if gpus_here > 0 else 0.0
@@ -164,10 +175,15 @@ def declared_steps(plan: BuildPlan, gpus_here: float) -> list[StepReservation]:
     return out
 
 
-def resource_plan(plan: BuildPlan, resources: dict[str, float], nodes: list[dict[str, Any]], ratio: float = 0.5) -> ResourcePlan:
+def resource_plan(
+    plan: BuildPlan, resources: dict[str, float], nodes: list[dict[str, Any]], ratio: float = 0.5,
+    gpu_memory_gb: float | None = None,
+) -> ResourcePlan:
     """The plan for a cluster with these total ``resources`` (``ray.cluster_resources()``) and ``nodes``.
 
-    Raises :class:`~crispedit.engine.resources.PlanError` (naming the stage and the missing resource) before any model loads.
+    ``gpu_memory_gb`` is one GPU's memory (default: ``execution.gpu_memory_gb``, else the driver's
+    CUDA device, else unknown and not checked). Raises
+    :class:`~crispedit.engine.resources.PlanError` (naming the stage and the missing resource) before any model loads.
     """
     gpus = float(resources.get("GPU", 0.0))
     alive = [n.get("Resources", {}) for n in alive_nodes(nodes)] or [resources]
@@ -175,7 +191,27 @@ def resource_plan(plan: BuildPlan, resources: dict[str, float], nodes: list[dict
         declared_steps(plan, gpus), float(resources.get("CPU", 0.0)), gpus, float(resources.get("memory", 0.0)) / 2**30,
         node_cpus=max(float(n.get("CPU", 0.0)) for n in alive), node_gpus=max(float(n.get("GPU", 0.0)) for n in alive),
         ratio=ratio, share_gpus=plan.recipe.execution.share_gpus,
+        gpu_memory_gb=(gpu_memory_gb or device_memory_gb(plan)) if gpus else None,
     )
+
+
+def device_memory_gb(plan: BuildPlan) -> float | None:
+    """One GPU's memory in GiB: the recipe's ``execution.gpu_memory_gb``, else the smallest CUDA device here.
+
+    torch is imported only when a stage declares GPU memory (there is nothing to check otherwise);
+    on a driver without CUDA (a CPU head node, fake GPUs) the size is unknown and the check is skipped.
+    """
+    if plan.recipe.execution.gpu_memory_gb:
+        return plan.recipe.execution.gpu_memory_gb
+    if not any(placement(plan, e).gpu_memory_gb for e in plan.stages):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / 2**30
 
 
 def gpu_warnings(plan: BuildPlan, gpus_here: float, where: str) -> list[str]:

@@ -61,6 +61,15 @@ class StageResources(Strict):
     num_cpus: float | None = Field(None, ge=0, description="CPUs per task or actor (default: the stage's declaration)")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per actor; fractions share a GPU (default: the stage's declaration)")
     memory_gb: float | None = Field(None, gt=0, description="memory Ray reserves per task or actor, in GiB")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="GPU memory one actor holds, in GiB (models and activations; default: the stage's declaration): "
+        "actors that may share one GPU must fit in its memory, or the build is refused before any model loads",
+    )
+    seconds_per_item: float | None = Field(
+        None, gt=0, description="the stage's seconds per source item on one actor (its fan-out and the filters before it included; "
+        "`crispedit plan --sample` prints it as s/source): on GPUs the plan sizes the model stages' pools in proportion, "
+        "so that the GPUs go to the slow stage",
+    )
     batch_size: PositiveInt | None = Field(None, description="samples per call of the stage (default: the stage's declaration)")
     concurrency: PositiveInt | None = Field(None, description="a fixed number of actors for a model stage")
     min_actors: PositiveInt | None = Field(None, description="autoscaling actor pool: at least this many actors")
@@ -85,6 +94,9 @@ class ExecutionSpec(Strict):
     breaker_min_failures: PositiveInt = Field(3, description="the breaker needs at least this many failures of one exception type")
     breaker_fraction: float = Field(0.5, gt=0, le=1, description="...on at least this fraction of a batch, to stop the build")
     stages: dict[str, StageResources] = Field(default_factory=dict, description="per-stage placement, keyed by stage name")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="memory of one GPU in GiB for the sharing check (default: the driver's CUDA device; set it to plan for another machine)",
+    )
     share_gpus: bool = Field(
         True, description="when the model stages want more whole GPUs than the cluster has, give them fractional GPUs (false: refuse)",
     )
