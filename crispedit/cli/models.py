@@ -28,6 +28,7 @@ def register(commands: Any) -> None:
 def _models(args: argparse.Namespace) -> int:
     from crispedit.cli.build import _load
     from crispedit.core.redact import scrub_text
+    from crispedit.engine.plan import plan_stages
     from crispedit.models.hub import RevisionMismatch, download, plan_models, report
 
     if args.to is not None and not args.download:
@@ -41,7 +42,7 @@ def _models(args: argparse.Namespace) -> int:
     if plan is None:
         return 2
     try:
-        found = plan_models(plan)
+        found = plan_models(plan_stages(plan))
         rows = [report(stage, key, model, online=not args.offline) for stage, key, model in found]
         if args.download:
             for row, (_, _, model) in zip(rows, found, strict=True):

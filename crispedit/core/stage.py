@@ -16,14 +16,11 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from crispedit.core.sample import Sample
-
-if TYPE_CHECKING:
-    from crispedit.models.hub import ModelFiles
 
 log = logging.getLogger("crispedit")
 
@@ -151,9 +148,10 @@ class Stage(ABC, Generic[P]):
         """Model ids and revisions this stage uses, for provenance."""
         return {}
 
-    def model_files(self) -> dict[str, ModelFiles]:
-        """The models this stage loads, by the same keys as ``model_ids``, with the files their loaders read:
-        what ``crispedit models`` lists and downloads, and what the build checks the resolved commit of."""
+    def model_files(self) -> dict[str, Any]:
+        """The models this stage loads, by the same keys as ``model_ids``, with the files their loaders read
+        (``crispedit.models.hub.ModelFiles``; core imports nothing above it): what ``crispedit models`` lists
+        and downloads, and what the build checks the resolved commit of."""
         return {}
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from crispedit.models.devices import resolve_dtype
-from crispedit.models.spec import ModelSpec, load_model, register_twin
+from crispedit.models.loading import load_model
+from crispedit.models.spec import ModelSpec, register_twin
 from crispedit.models.twins import TINY_WORDS, seeded, tiny_autoencoder
 
 #: PixArt's scheduler, as its checkpoints ship it (scheduler/scheduler_config.json of

@@ -201,7 +201,8 @@ class DiffusersEditor:
     def load(self) -> None:
         from crispedit.editors import twins  # noqa: F401  (registers the tiny editing pipelines)
         from crispedit.models.devices import resolve_device, resolve_dtype
-        from crispedit.models.spec import TWINS, load_model
+        from crispedit.models.loading import load_model
+        from crispedit.models.spec import TWINS
 
         p = self.params
         device = resolve_device(p.device)

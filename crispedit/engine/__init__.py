@@ -30,7 +30,17 @@ from crispedit.core.stats import summarize
 from crispedit.core.storage import Output
 from crispedit.engine.local_runner import run_local
 from crispedit.engine.output import OutputInUse, claim_output, finish, manifest_of, write_manifest
-from crispedit.engine.plan import BuildError, build_meta, context_for, make_source, make_stage, placement, segments, store_for
+from crispedit.engine.plan import (
+    BuildError,
+    build_meta,
+    context_for,
+    make_source,
+    make_stage,
+    placement,
+    plan_stages,
+    segments,
+    store_for,
+)
 from crispedit.engine.progress import Progress
 from crispedit.engine.ray_runner import run_ray
 from crispedit.recipe import BuildPlan
@@ -134,7 +144,7 @@ def _resolved_models(plan: BuildPlan, meta: Any) -> dict[str, Any]:
     from crispedit.models.hub import RevisionMismatch, resolved_models
 
     try:
-        models = resolved_models(plan)
+        models = resolved_models(plan_stages(plan))
     except RevisionMismatch as error:
         raise BuildError(str(error)) from None
     commits = {f"{m['id']}@{m['revision']}" if m.get("revision") else m["id"]: m["commit"]

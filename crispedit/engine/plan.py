@@ -101,9 +101,14 @@ class BuildMeta:
     workdir: str = ""
 
 
-def build_meta(plan: BuildPlan) -> BuildMeta:
+def plan_stages(plan: BuildPlan) -> list[Stage]:
+    """The plan's stages constructed but never set up (no model loaded): what they declare, for metadata."""
     context = context_for(plan)
-    stages = [make_stage(e, context) for e in plan.stages]  # constructed, never set up: metadata only
+    return [make_stage(e, context) for e in plan.stages]
+
+
+def build_meta(plan: BuildPlan) -> BuildMeta:
+    stages = plan_stages(plan)
     columns: list[str] = []
     for stage in stages:
         columns += [c for c in stage.score_columns() if c not in columns]

@@ -6,7 +6,7 @@ trained on it is evaluated. What it guarantees:
 
 * **the real classes**: transformers ``CLIPModel`` (+ its tokenizer) and ``AutoModel`` for
   DINOv2 (``Dinov2Model``, or ``Dinov2WithRegistersModel`` when the checkpoint is one), loaded
-  by id and revision through :func:`crispedit.models.spec.load_model`; ``tiny`` gives random-init
+  by id and revision through :func:`crispedit.models.loading.load_model`; ``tiny`` gives random-init
   twins of the same classes, registered here as ``clip-scorer`` and ``dino-scorer``;
 * **the models' own preprocessing**: resize of the short side, centre crop, mean and std are
   read from each checkpoint's image processor config, but applied with torch on the device,
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from crispedit.models.devices import resolve_device, resolve_dtype
-from crispedit.models.spec import ModelSpec, load_model, register_twin
+from crispedit.models.loading import load_model
+from crispedit.models.spec import ModelSpec, register_twin
 from crispedit.models.twins import clip_tokenizer_from, seeded, write_tiny_clip_vocab
 
 CLIP_ID = "openai/clip-vit-large-patch14"

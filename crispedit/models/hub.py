@@ -4,7 +4,7 @@ Stages declare their models with :meth:`crispedit.core.stage.Stage.model_files` 
 :class:`ModelFiles` per model: the spec and the patterns of the files its loader opens), so
 ``crispedit models RECIPE`` can list, size and pre-fetch exactly those files, and a build with
 ``HF_HUB_OFFLINE=1`` then loads from that cache. Every Hub load goes through
-:func:`crispedit.models.spec.load_model`, which calls :func:`check_loaded` here: the commit the
+:func:`crispedit.models.loading.load_model`, which calls :func:`check_loaded` here: the commit the
 cache resolved the revision to must be the pinned one, or the build stops naming the model.
 
 Patterns are matched the way huggingface_hub's ``allow_patterns`` are (fnmatch on the whole path).
@@ -340,15 +340,12 @@ def report(stage: str, key: str, model: ModelFiles, online: bool = True) -> Mode
     return row
 
 
-def plan_models(plan: Any) -> list[tuple[str, str, ModelFiles]]:
-    """(stage name, key, files) of every Hub model a plan's stages can load, in pipeline order, each repo@revision once."""
-    from crispedit.engine.plan import context_for, make_stage
-
-    context = context_for(plan)
+def plan_models(stages: Iterable[Any]) -> list[tuple[str, str, ModelFiles]]:
+    """(stage name, key, files) of every Hub model the stages (constructed, not set up) can load, in order, each repo@revision once."""
     out: list[tuple[str, str, ModelFiles]] = []
     seen: dict[str, int] = {}
-    for entry in plan.stages:
-        for key, model in make_stage(entry, context).model_files().items():
+    for stage in stages:
+        for key, model in stage.model_files().items():
             if not model.hub:
                 continue
             name = model.spec.describe()
@@ -357,30 +354,27 @@ def plan_models(plan: Any) -> list[tuple[str, str, ModelFiles]]:
                 out[at] = (out[at][0], out[at][1], merged(out[at][2], model))
                 continue
             seen[name] = len(out)
-            out.append((entry.name, key, model))
+            out.append((stage.name, key, model))
     return out
 
 
-def resolved_models(plan: Any) -> dict[str, dict[str, dict[str, str | None]]]:
+def resolved_models(stages: Iterable[Any]) -> dict[str, dict[str, dict[str, str | None]]]:
     """stage -> key -> {id, revision, commit} for the build's manifest; refuses a pin that resolves elsewhere.
 
     Local folders are recorded as paths (no revision to check); the commit is None where neither the
     cache nor the Hub could say (the loaders then check what they read, see :func:`check_loaded`).
     """
-    from crispedit.engine.plan import context_for, make_stage
-
-    context = context_for(plan)
     out: dict[str, dict[str, dict[str, str | None]]] = {}
     commits: dict[str, str | None] = {}
-    for entry in plan.stages:
-        for key, model in make_stage(entry, context).model_files().items():
+    for stage in stages:
+        for key, model in stage.model_files().items():
             spec = model.spec
             if spec.is_tiny:
                 continue
             if not model.hub:
-                out.setdefault(entry.name, {})[key] = {"path": spec.id}
+                out.setdefault(stage.name, {})[key] = {"path": spec.id}
                 continue
             if spec.describe() not in commits:
                 commits[spec.describe()] = resolve_commit(spec)
-            out.setdefault(entry.name, {})[key] = {"id": spec.id, "revision": spec.revision, "commit": commits[spec.describe()]}
+            out.setdefault(stage.name, {})[key] = {"id": spec.id, "revision": spec.revision, "commit": commits[spec.describe()]}
     return out

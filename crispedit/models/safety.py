@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from crispedit.models.clip import _CLIP_MEAN, _CLIP_STD, TINY_IMAGE, Preprocess
-from crispedit.models.spec import ModelSpec, load_model, register_twin
+from crispedit.models.loading import load_model
+from crispedit.models.spec import ModelSpec, register_twin
 from crispedit.models.twins import seeded
 
 SAFETY_ID = "CompVis/stable-diffusion-safety-checker"

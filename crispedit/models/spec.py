@@ -61,27 +61,6 @@ def register_twin(name: str) -> Callable[[TwinFactory], TwinFactory]:
     return wrap
 
 
-def load_model(spec: ModelSpec, twin: str, load: Callable[..., Any], seed: int = 0) -> Any:
-    """Build the tiny twin when the spec says so, else ``load(id, revision=...)``.
-
-    ``load`` is the class's own ``from_pretrained`` (or any callable with that signature),
-    so real weights come through the libraries' loaders, which read safetensors. A Hub load is
-    then checked: the snapshot the cache resolved the revision to must be the pinned commit.
-    """
-    if spec.is_tiny:
-        if twin not in TWINS:
-            raise KeyError(f"no tiny twin registered as {twin!r}; known: {sorted(TWINS)}")
-        return TWINS[twin](seed)
-    kwargs: dict[str, Any] = {}
-    if spec.revision:
-        kwargs["revision"] = spec.revision
-    loaded = load(spec.id, **kwargs)
-    from crispedit.models.hub import check_loaded
-
-    check_loaded(spec)  # the commit the cache resolved the pin to: refused when it is another one
-    return loaded
-
-
 def tiny_swap(value: Any) -> Any:
     """Return ``value`` with every model spec inside it replaced by the tiny id.
 

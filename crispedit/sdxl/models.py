@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from crispedit.models.devices import resolve_device, resolve_dtype
-from crispedit.models.spec import TWINS, ModelSpec, load_model, register_twin
+from crispedit.models.loading import load_model
+from crispedit.models.spec import TWINS, ModelSpec, register_twin
 from crispedit.models.twins import seeded, tiny_autoencoder, write_tiny_clip_vocab
 from crispedit.sdxl.options import RunOptions
 

@@ -223,6 +223,7 @@ def test_a_loader_refuses_a_cache_that_resolved_the_pin_elsewhere(
 
 
 def test_local_folders_are_recorded_as_paths_without_a_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crispedit.engine.plan import plan_stages
     from crispedit.models.hub import LOADED, resolved_models
 
     monkeypatch.setenv("CRISPEDIT_OUTPUT_ROOT", str(tmp_path))
@@ -230,7 +231,7 @@ def test_local_folders_are_recorded_as_paths_without_a_check(tmp_path: Path, mon
     assert check_loaded(spec) is None and spec.describe() not in LOADED
     text = RECIPE.replace("device: cpu", f"device: cpu\n    clip_model: {tmp_path}").replace("out/clip-only", str(tmp_path / "o"))
     (tmp_path / "r.yaml").write_text(text, encoding="utf-8")
-    assert resolved_models(load_plan(tmp_path / "r.yaml")) == {"clip_filter": {"clip": {"path": str(tmp_path)}}}
+    assert resolved_models(plan_stages(load_plan(tmp_path / "r.yaml"))) == {"clip_filter": {"clip": {"path": str(tmp_path)}}}
 
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from crispedit.models.spec import TWINS, ModelSpec, load_model, register_twin, tiny_swap
+from crispedit.models.loading import load_model
+from crispedit.models.spec import TWINS, ModelSpec, register_twin, tiny_swap
 from crispedit.recipe import load_plan
 from tests.helpers.recipes import RECIPES, write_recipe
 

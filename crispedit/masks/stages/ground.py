@@ -18,7 +18,8 @@ from crispedit.core.stage import Resources, Stage, StageParams, register_stage
 from crispedit.masks import soft, twins  # noqa: F401  (twins: registers the tiny GroundingDINO and SAM)
 from crispedit.models.devices import resolve_device
 from crispedit.models.hub import ModelFiles, transformers_files
-from crispedit.models.spec import ModelSpec, load_model
+from crispedit.models.loading import load_model
+from crispedit.models.spec import ModelSpec
 
 if TYPE_CHECKING:  # torch and the model code load in setup(), so validating a recipe stays light
     pass
