@@ -4,7 +4,7 @@ refilter computes no score: a chain is refused on a build that did not score wha
 the chain's rule does not apply to the build's pairs (UltraEdit's mask rule, ``unmasked: keep``, on a build that makes
 no masks: every pair global). This pins, recipe by recipe, the columns each bundled chain needs and the build lacks, so
 a recipe change that loses a score (or a preset that starts deciding on a new one) fails here, and every gap that remains
-is one listed with its reason. tests/recipe/test_presets_on_builds.py runs the real builds and refilters.
+is one listed with its reason. tests/engine/test_every_recipe_on_ray.py runs the real builds and refilters them (tests/helpers/presets_on_builds.py).
 """
 
 from __future__ import annotations

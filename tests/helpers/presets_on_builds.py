@@ -1,7 +1,8 @@
 """``crispedit refilter`` with every bundled chain on a real ``--tiny`` build of every bundled recipe that makes pairs.
 
-tests/recipe/test_recipe_presets.py reads the plans; this builds each recipe (one shard of two items, in-process)
-and refilters it with each bundled chain. A chain is applied where the plans say the build scored what it decides
+tests/recipe/test_recipe_presets.py reads the plans; tests/engine/test_every_recipe_on_ray.py builds each recipe
+(one shard of two items, on Ray and in-process) and hands the in-process build to :func:`assert_bundled_chains`,
+which refilters it with each bundled chain (one build per recipe serves both checks). A chain is applied where the plans say the build scored what it decides
 on, and refused, naming the missing columns, where they list a gap; an applied chain keeps only rows within its
 bounds (its mask rule waived only on pairs without a mask, and counted), and loses no row.
 """
@@ -17,10 +18,7 @@ import yaml
 
 from crispedit.core.presets import bundled, find_preset
 from crispedit.core.stage import FilterStage
-from crispedit.engine import build
-from crispedit.engine.plan import with_shard_size
 from crispedit.ops.refilter import RefilterError, _read_chain_file, refilter
-from crispedit.recipe import load_plan
 from crispedit.recipe.catalog import STAGES
 from tests.helpers.recipes import RECIPES
 from tests.helpers.stage_cases import write_edit_dataset
@@ -71,12 +69,8 @@ def gap(recipe: str, preset: str) -> set[str]:
     return GAPS.get(recipe, {}).get(preset, set())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", PAIRS)
-def test_refilter_applies_each_bundled_chain_to_the_recipes_tiny_build_or_names_the_gap(recipe: str, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = build(with_shard_size(load_plan(prepared(recipe, tmp_path), tiny=True, out=out), ITEMS), runner="local", max_shards=1, progress=False)
-    assert result.shards_built == 1
+def assert_bundled_chains(recipe: str, out: Path, tmp_path: Path) -> None:
+    """Refilter the build ``out`` of ``recipe`` with every bundled chain: applied, or refused naming only listed gaps."""
     data, rejects = rows(out), rows(out, "rejects")
     assert data or rejects
     for preset in sorted(bundled("filters")):
