@@ -33,6 +33,7 @@ TEXT_COLUMNS = (
     "instruction_original",
     "instruction_short",
     "instruction_translations",
+    "source_license",
 )
 
 
@@ -75,6 +76,8 @@ class Sample:
     instruction_short: str | None = None
     #: JSON ``{"zh": {"long": ..., "short": ...}}``: the instruction in other languages, where a stage wrote them.
     instruction_translations: str | None = None
+    #: The source image's licence, where the source declares one (``unknown`` for a row it gives none).
+    source_license: str | None = None
     edit_objects: list[str] = field(default_factory=list)
     branch: str | None = None
     scores: dict[str, float | None] = field(default_factory=dict)

@@ -30,9 +30,10 @@ import base64
 import binascii
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -40,6 +41,12 @@ from pydantic import Field
 from crispedit.models.endpoint import ClientFault, Counts, EndpointClient, EndpointConfigError, EndpointSettings, request_key
 
 CACHE_VERSION = 1
+
+#: Images of at most this many values (128 x 128 RGB) are hashed, encoded and decoded on the event loop: about a
+#: millisecond of work, less than a round trip to a worker thread on a loaded machine (benchmarks/editor.py).
+INLINE_VALUES = 128 * 128 * 3
+
+T = TypeVar("T")
 
 #: 400 codes and types by which providers say "the safety system refused this".
 REFUSAL_CODES = ("moderation_blocked", "content_policy_violation", "content_filter", "safety_violation")
@@ -136,17 +143,11 @@ class ImageEditClient(EndpointClient):
 
     # -- one request ----------------------------------------------------------------------
     async def _edit_one(self, request: EditRequest) -> EditAnswer:
-        # Hashing and PNG-encoding a 1 MP image take milliseconds each: in a worker thread, so the
-        # event loop keeps the requests already in flight moving while a batch is prepared.
-        key = await asyncio.to_thread(self.cache_key, request)
-        cached = await asyncio.to_thread(self.cache.read, key)
-        if cached is not None:
-            answer = await asyncio.to_thread(_from_record, cached)
-            if answer is not None:
-                return answer
+        key, answer, upload = await self._off_loop(request.image, self._prepare, request)
+        if answer is not None:
+            return answer
         runtime = self.runtime()
         counts = Counts()
-        upload = await asyncio.to_thread(png_bytes, request.image)
         extra = {"seed": request.seed} if self.settings.send_seed else None
 
         def make_call() -> Any:
@@ -157,20 +158,43 @@ class ImageEditClient(EndpointClient):
         usage: dict[str, float] = {"requests": counts.requests, "retries": counts.retries}
         encoded: str | None = None
         error: str | None = None
-        image: np.ndarray | None = None
         if isinstance(result, ClientFault):
             error = self.classify(result)
         else:
             usage.update(_token_usage(result))
             try:
                 encoded = _b64_image(result)
-                image = await asyncio.to_thread(_decode, encoded)  # off the event loop: decoding 1 MP is CPU work
+            except _Malformed as malformed:
+                error = f"edit-malformed: {malformed}"
+        return await self._off_loop(request.image, self._finish, key, encoded, error, usage)
+
+    async def _off_loop(self, image: np.ndarray, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in a worker thread for a large image, where hashing, encoding and decoding take
+        milliseconds (the event loop keeps the requests in flight moving meanwhile); inline for a small one,
+        where the hop to a thread and back costs more than the work (two GIL hand-offs under load)."""
+        if image.size <= INLINE_VALUES:
+            return work(*args)
+        return await asyncio.to_thread(work, *args)
+
+    def _prepare(self, request: EditRequest) -> tuple[str, EditAnswer | None, bytes | None]:
+        """(cache key, the cached answer or None, the PNG upload when the request must be sent): one hop off the loop."""
+        key = self.cache_key(request)
+        cached = self.cache.read(key)
+        answer = _from_record(cached) if cached is not None else None
+        return key, answer, None if answer is not None else png_bytes(request.image)
+
+    def _finish(self, key: str, encoded: str | None, error: str | None, usage: dict[str, float]) -> EditAnswer:
+        """Decode and check the answer's image, account for it and cache the outcome: one hop off the loop."""
+        image: np.ndarray | None = None
+        if encoded is not None:
+            try:
+                image = _decode(encoded)
             except _Malformed as malformed:
                 error, encoded = f"edit-malformed: {malformed}", None
         usage.update(images=int(image is not None), cost_usd=self._cost(int(image is not None), usage), cached=0)
         error = self.scrub(error)
-        await asyncio.to_thread(self.cache.write, key, {"b64": encoded, "error": error, "model": self.settings.model,
-                                                        "tokens_in": usage.get("tokens_in", 0), "tokens_out": usage.get("tokens_out", 0)})
+        self.cache.write(key, {"b64": encoded, "error": error, "model": self.settings.model,
+                               "tokens_in": usage.get("tokens_in", 0), "tokens_out": usage.get("tokens_out", 0)})
         return EditAnswer(image=image, error=error, usage=usage)
 
     def classify(self, fault: ClientFault) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from crispedit import __version__
 from crispedit.core.reader import read_columns
-from crispedit.models.terms import applied_terms
+from crispedit.models.terms import SourceLicenses, Terms, TermsDeclaration, applied_terms, license_conflicts
 from crispedit.ops.build_info import BuildInfo
 from crispedit.ops.plots import score_histograms
 from crispedit.publish.preview import read_sample, row_thumbnails, stratified_sample
@@ -53,6 +54,7 @@ COLUMN_DOCS = {
     "height": "pair height in pixels",
     "index": "position of the source item",
     "source_ref": "where the source item came from",
+    "source_license": "the source image's licence as the source declared it (`unknown` where it gave none); counted under Terms that apply",
     "stage": "the stage that refused the item",
     "reason": "why (`category: detail`)",
 }
@@ -124,6 +126,43 @@ def recipe_license(build: BuildInfo) -> str:
     """The recipe's ``license`` (a Hub licence id), else ``other``."""
     value = build.recipe.get("license")
     return str(value) if value else "other"
+
+
+@dataclass
+class BuildTerms:
+    """What binds a build's data: its models' terms (the recipe's ``terms:`` applied) and its rows' source licences."""
+
+    models: dict[str, Terms] = field(default_factory=dict)
+    sources: SourceLicenses = field(default_factory=SourceLicenses)
+
+    def conflicts(self, license_id: str) -> list[str]:
+        return license_conflicts(license_id, self.models, self.sources)
+
+
+def recipe_terms(build: BuildInfo) -> dict[str, TermsDeclaration]:
+    """The recipe's ``terms:`` entries, validated again (a recipe.yaml may have been edited since the build)."""
+    raw = build.recipe.get("terms") or {}
+    if not isinstance(raw, dict):
+        raise ValueError("recipe.yaml: terms: is a mapping of model id to its terms")
+    return {str(key): TermsDeclaration.model_validate(value) for key, value in raw.items()}
+
+
+def source_licenses(files: list[Any]) -> SourceLicenses:
+    """Rows per ``source_license`` value across ``files`` (none counted when no row carries the column)."""
+    table = read_columns(files, ["source_license"])
+    if "source_license" not in table.column_names:
+        return SourceLicenses()
+    return SourceLicenses(dict(Counter(v for v in table.column("source_license").to_pylist() if v is not None)))
+
+
+def build_terms(build: BuildInfo, rejects: bool = True) -> BuildTerms:
+    """The terms of what is published: the data rows, and the rejects' when they are published too.
+
+    Raises ValueError (pydantic's ValidationError or TermsError) for a recipe ``terms:`` that cannot stand.
+    """
+    models = sorted({m for s in build.stages for m in s.models.values()})
+    files = [*build.data_files(), *(build.rejects_files() if rejects and build.rejects else [])]
+    return BuildTerms(applied_terms(models, recipe_terms(build)), source_licenses(files))
 
 
 #: Stage kinds that implement a published method (a stage class may also declare ``cites = ("UltraEdit", ...)``).
@@ -358,6 +397,43 @@ def _examples_section(build: BuildInfo, assets: Path, count: int, seed: int) -> 
     return _table(["source", "target", "instruction", "task"], rows)
 
 
+def _declared_by(t: Terms) -> str:
+    """Who says a model's terms are what the card states, and what a recipe's override lifted."""
+    if t.origin == "crispedit":
+        return "crispedit's record (`crispedit/models/terms.py`)"
+    said = f"{_text(t.origin)}" + (f": {_text(t.reason)}" if t.reason else "")
+    if t.recorded is not None:
+        said += f" (crispedit records: {_text(t.recorded.name)}" + (", non-commercial only" if t.recorded.non_commercial else "") + ")"
+    return said
+
+
+def _terms_section(terms: BuildTerms) -> str:
+    parts = ["## Terms that apply\n\nThe models that made the data and the licences of the source images bind its use; the "
+             "effective terms of the dataset are the strictest of them together.\n"]
+    strict: list[str] = []
+    if terms.models:
+        rows = [[_code(m), _text(t.name), "non-commercial only" if t.non_commercial else "any",
+                 _text("; ".join(t.output_terms) or "none stated"), _declared_by(t)] for m, t in terms.models.items()]
+        parts.append("### Models\n\nA `tiny:` model is the random-weight twin a test build ran in place of the model named.\n\n" + _table(["model", "licence", "model use", "output terms", "stated by"], rows) + "\n")
+        strict += [f"- {_text(m)}: non-commercial use only ({_text(t.name)})." for m, t in terms.models.items() if t.non_commercial]
+        strict += [f"- {_text(clause)} ({_text(t.name)}, for {_text(m)})." for m, t in terms.models.items() for clause in t.output_terms]
+    sources = terms.sources
+    if sources.rows:
+        rows = [[_code(lic), _text(n), _text(", ".join(r) or "none named")] for lic, n, r in sources.ranked()]
+        if sources.unknown:
+            rows.append([_code("unknown"), _text(sources.unknown), "not known: the source gave these rows no licence"])
+        parts.append("### Source images\n\nThe licence of each row's source image, as the source declared it (the `source_license` "
+                     f"column), over the {sources.rows:,} published rows, strictest first.\n\n"
+                     + _table(["licence", "rows", "restrictions"], rows) + "\n")
+        strict += [f"- {_text(n)} source rows are under {_code(lic)}: {_text(', '.join(r))}." for lic, n, r in sources.ranked() if r]
+        if sources.unknown:
+            strict.append(f"- {_text(sources.unknown)} source rows carry no licence (`unknown`): check their terms before use.")
+    strict += [f"- The recipe overrides crispedit's record for {_text(m)} and lifts: {_text('; '.join(t.loosened))} "
+               f"(overridden by the recipe: {_text(t.reason)})." for m, t in terms.models.items() if t.loosened]
+    parts.append("Effective terms:\n\n" + "\n".join(strict) if strict else "No model and no source licence adds a restriction.")
+    return "\n".join(parts) + "\n"
+
+
 def render_card(
     build: BuildInfo,
     configs: list[ConfigFiles],
@@ -367,8 +443,12 @@ def render_card(
     examples: int = 6,
     seed: int = 0,
     lookup_licenses: bool = False,
+    terms: BuildTerms | None = None,
 ) -> str:
-    """README.md text; plots and example thumbnails are written under ``tree/assets/``."""
+    """README.md text; plots and example thumbnails are written under ``tree/assets/``.
+
+    ``terms`` are what publish checked the licence against (default: read from the build, for the configs given).
+    """
     from huggingface_hub import DatasetCard
 
     assets = tree / ASSETS_DIR
@@ -424,22 +504,15 @@ def render_card(
         rows = [[_code(m), _text(lic)] for m, lic in licenses.items()]
         sections.append("## Models and their licences\n\nThe outputs of these models are in the data; their licences may bind its use.\n\n"
                         + _table(["model", "licence"], rows) + "\n")
-    terms = applied_terms(models)
-    if terms:
-        rows = [[_code(m), _text(t.name), "non-commercial only" if t.non_commercial else "any",
-                 _text("; ".join(t.output_terms) or "none stated")] for m, t in terms.items()]
-        strict = [f"- {_text(m)}: non-commercial use only ({_text(t.name)})." for m, t in terms.items() if t.non_commercial]
-        strict += [f"- {_text(clause)} ({_text(t.name)}, for {_text(m)})." for m, t in terms.items() for clause in t.output_terms]
-        sections.append(
-            "## Terms that apply\n\nThe models that made the data declare these terms; the effective terms of the dataset are the "
-            "strictest of them together (a `tiny:` model is the random-weight twin a test build ran in place of the model named).\n\n"
-            + _table(["model", "licence", "model use", "output terms"], rows) + "\n\n"
-            + ("Effective terms:\n\n" + "\n".join(strict) if strict else "No model adds a restriction on the outputs.") + "\n"
-        )
+    terms = terms if terms is not None else build_terms(build, rejects=rejects_config is not None)
+    if terms.models or terms.sources.rows:
+        sections.append(_terms_section(terms))
     sections.append(
         "## License\n\n"
         + (f"{_code(recipe_license(build))}, as the recipe declares." if recipe_license(build) != "other"
            else "The recipe declares no licence (`license: other`). Check the source images' and the models' terms before use.")
+        + "".join(f"\n\n> **Contradicted by the terms that apply** (published with `--force-license`): {_text(c)}."
+                  for c in terms.conflicts(recipe_license(build)))
         + "\n"
     )
     cite = ["## Citation\n"]

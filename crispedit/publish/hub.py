@@ -51,9 +51,8 @@ from crispedit.core.hub_parquet import hub_shape_problems, max_row_group_bytes, 
 from crispedit.core.outputs import MARKER, Claim, OutputRefused, claim, list_files, marker_for, owns, replace_folder, write_marker
 from crispedit.core.reader import Shard
 from crispedit.core.redact import scrub_text
-from crispedit.models.terms import applied_terms, license_conflicts
 from crispedit.ops.build_info import BuildInfo, read_build
-from crispedit.publish.card import ASSETS_DIR, ConfigFiles, recipe_license, render_card
+from crispedit.publish.card import ASSETS_DIR, ConfigFiles, build_terms, recipe_license, render_card
 
 log = logging.getLogger("crispedit")
 
@@ -103,13 +102,18 @@ def plan_tree(
 ) -> list[TreeFile]:
     """The repository tree of a build; generated files (card, assets, repacked shards) go to ``staging``.
 
-    A recipe ``license:`` that the models' terms contradict (crispedit.models.terms) is refused
-    unless ``force_license``: the card would offer the data under terms nobody may grant.
+    A recipe ``license:`` that the terms contradict (the models', the recipe's ``terms:`` applied,
+    and the published rows' source licences: crispedit.models.terms) is refused unless
+    ``force_license``: the card would offer the data under terms nobody may grant.
     """
     build = read_build(out_dir)
-    conflicts = license_conflicts(recipe_license(build), applied_terms(sorted({m for s in build.stages for m in s.models.values()})))
+    try:
+        terms = build_terms(build, rejects=rejects)
+    except ValueError as error:
+        raise PublishError(f"{build.out_dir}/recipe.yaml: terms: {error}") from None
+    conflicts = terms.conflicts(recipe_license(build))
     if conflicts and not force_license:
-        raise PublishError(f"license: {recipe_license(build)} contradicts the models' terms ({'; '.join(conflicts)}); "
+        raise PublishError(f"license: {recipe_license(build)} contradicts the terms that apply ({'; '.join(conflicts)}); "
                            "declare the licence the terms allow, or pass --force-license")
     if not build.complete and not partial:
         raise PublishError(
@@ -130,7 +134,8 @@ def plan_tree(
     shutil.rmtree(stage_dir / ASSETS_DIR, ignore_errors=True)
     readme = stage_dir / "README.md"
     readme.write_text(
-        scrub_text(render_card(build, configs, stage_dir, repo_id=repo_id, examples=examples, seed=seed, lookup_licenses=lookup_licenses)),
+        scrub_text(render_card(build, configs, stage_dir, repo_id=repo_id, examples=examples, seed=seed, lookup_licenses=lookup_licenses,
+                               terms=terms)),
         encoding="utf-8",
     )
     assets = sorted(p for p in (stage_dir / ASSETS_DIR).rglob("*") if p.is_file())

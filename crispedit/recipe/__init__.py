@@ -30,6 +30,7 @@ from crispedit.core.presets import BUNDLED, PresetNotFound, find_preset
 from crispedit.core.sample import digest
 from crispedit.core.storage import is_url
 from crispedit.models.spec import tiny_swap
+from crispedit.models.terms import TermsDeclaration, check_declarations, model_key
 
 
 class Strict(BaseModel):
@@ -119,6 +120,10 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the build's name (letters, digits, `.`, `_`, `-`); part of the fingerprint")
     description: str = Field("", description="free text; the dataset card's summary")
     license: str | None = Field(None, description="the dataset's licence (an SPDX id such as `cc-by-4.0`), for the dataset card")
+    terms: dict[str, TermsDeclaration] = Field(
+        default_factory=dict, description="licence and output-use terms by model id (no revision; an endpoint's model name): "
+        "declare a model's, or override what crispedit records (below); the card states them and publish checks `license` against them",
+    )
     seed: int = Field(0, description="root of every per-item seed; part of the fingerprint")
     output: OutputSpec = Field(description="where and how shards are written (below)")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec, description="where the build runs (below)")
@@ -202,6 +207,9 @@ def load_plan(
     stages = [_entry(d, p, raw, STAGES, problems) for d, p, raw in entries]
     if source is not None and all(s is not None for s in stages):
         problems += _check_data_flow(source, [s for s in stages if s is not None], SOURCES, STAGES)
+        if not tiny:  # a --tiny build runs twins, some of which report no model id for a key to match
+            problems += _check_terms_keys(doc, recipe, [s for s in stages if s is not None], STAGES)
+    problems += [doc.problem(("terms", key), message) for key, message in check_declarations(recipe.terms)]
 
     names = [s.name for s in stages if s is not None]
     for s in stages:
@@ -302,6 +310,18 @@ def _check_data_flow(source: Entry, stages: list[Entry], sources: dict[str, Any]
             ))
         available |= stage.outputs() | {f"score.{c}" for c in stage.score_columns()}
     return problems
+
+
+def _check_terms_keys(doc: LocatedYaml, recipe: Recipe, stages: list[Entry], registry: dict[str, Any]) -> list[Problem]:
+    """A ``terms:`` key must name a model a stage uses: a misspelt one would leave the real terms in force unseen."""
+    from crispedit.core.stage import BuildContext
+
+    if not recipe.terms:
+        return []
+    context = BuildContext(recipe_name="validate", fingerprint="", seed=0)
+    used = sorted({model_key(m) for e in stages for m in registry[e.kind](e.params, context, name=e.name).model_ids().values()})
+    return [doc.problem(("terms", key), f"no stage uses model {key!r} (models: {', '.join(used) or 'none'})")
+            for key in recipe.terms if key not in used and model_key(key) == key]
 
 
 def import_plugins(modules: list[str]) -> list[tuple[int, str]]:

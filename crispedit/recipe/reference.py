@@ -84,6 +84,7 @@ def _names(values: Any) -> str:
 
 def render() -> str:
     from crispedit.core.stage import BuildContext, FilterStage
+    from crispedit.models.terms import TermsDeclaration
     from crispedit.recipe import ExecutionSpec, OutputSpec, Recipe, StageResources
     from crispedit.recipe.catalog import SOURCES, STAGES
 
@@ -99,6 +100,7 @@ def render() -> str:
         "## `output`", "", params_table(OutputSpec), "",
         "## `execution`", "", params_table(ExecutionSpec), "",
         "### `execution.stages.NAME`", "", params_table(StageResources), "",
+        "## `terms.MODEL`", "", _first_paragraph(TermsDeclaration), "", params_table(TermsDeclaration), "",
         "## Source kinds", "",
     ]
     for kind in sorted(SOURCES):

@@ -23,7 +23,7 @@ from pydantic import Field
 from crispedit.core.source import register_source
 from crispedit.core.storage import is_url, split_url
 from crispedit.sources.parquet import ParquetFiles
-from crispedit.sources.records import EditColumnsParams, Record, RecordSource, cell_record, pair_record
+from crispedit.sources.records import EditColumnsParams, Record, RecordSource, cell_record, pair_record, with_license
 
 
 class HFDatasetParams(EditColumnsParams):
@@ -63,7 +63,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         builder = datasets.load_dataset_builder(p.path, p.config, revision=p.revision, storage_options=p.storage_options or None)
         files = self._parquet_files(builder)
         if files is not None:
-            reader = ParquetFiles(files, p.image_column, p.caption_column, p.cell_rules(p.base), p.pair_columns())
+            reader = ParquetFiles(files, p.image_column, p.caption_column, p.cell_rules(p.base), p.pair_columns(), p.license_column)
             reader.layout(fresh=True)  # checks the columns now, where the error is clearest
             self._resolved = ("parquet", reader)
         elif p.streaming:
@@ -112,7 +112,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         import datasets
 
         p = self.params
-        wanted = [c for c in (p.image_column, p.caption_column, *p.pair_columns().values()) if c]
+        wanted = [c for c in (p.image_column, p.caption_column, *p.pair_columns().values(), p.license_column) if c]
         missing = [c for c in wanted if c not in dataset.column_names]
         if missing:
             raise ValueError(f"{p.path} has no column {missing[0]!r} (columns: {', '.join(dataset.column_names)})")
@@ -146,7 +146,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         route, value = self._route()
         if route == "parquet":
             return value.read(start, end)
-        roles = {"image": p.image_column, "caption": p.caption_column, **p.pair_columns()}
+        roles = {"image": p.image_column, "caption": p.caption_column, **p.pair_columns(), "license": p.license_column}
         if route == "arrow":
             rows = value[start:end]
             columns = {role: rows[c] if c else [None] * (end - start) for role, c in roles.items()}
@@ -163,7 +163,8 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         for i, row in enumerate(range(start, end)):
             record = cell_record(columns["image"][i], f"{name}:row {row}", columns["caption"][i], rules)
             extra = {role: columns[role][i] for role in ("instruction", "target") if role in columns}
-            out.append(pair_record(record, rules, extra.get("instruction"), extra.get("target"), has_target="target" in columns))
+            paired = pair_record(record, rules, extra.get("instruction"), extra.get("target"), has_target="target" in columns)
+            out.append(with_license(paired, columns["license"][i]))
         return out
 
     def _stream(self, builder: Any) -> Any:

@@ -26,6 +26,7 @@ from crispedit.sources.records import (
     image_kind,
     layout_key,
     pair_record,
+    with_license,
 )
 
 
@@ -133,13 +134,15 @@ class ParquetFiles:
     rules: CellRules
     #: Role (``instruction``, ``target``) -> column, for an existing editing dataset.
     pair_columns: dict[str, str] | None = None
+    #: The column with each row's licence, or None.
+    license_column: str | None = None
 
     @property
     def storage_options(self) -> dict[str, Any]:
         return self.rules.storage_options
 
     def layout(self, fresh: bool = False) -> ParquetLayout:
-        extra = tuple((self.pair_columns or {}).values())
+        extra = (*(self.pair_columns or {}).values(), *([self.license_column] if self.license_column else []))
         return parquet_layout(self.specs, self.storage_options, self.image_column, self.caption_column, fresh=fresh, extra_columns=extra)
 
     def read(self, start: int, end: int) -> list[Record]:
@@ -160,7 +163,9 @@ class ParquetFiles:
         first_row = 0
         image, caption_column = self.image_column, self.caption_column
         pairs = self.pair_columns or {}
-        columns = list(dict.fromkeys([image, *([caption_column] if caption_column else []), *pairs.values()]))
+        licenses_column = self.license_column
+        columns = list(dict.fromkeys([image, *([caption_column] if caption_column else []), *pairs.values(),
+                                      *([licenses_column] if licenses_column else [])]))
         for file, groups in zip(layout.files, layout.group_rows):
             rows = sum(groups)
             lo, hi = max(start, first_row) - first_row, min(end, first_row + rows) - first_row
@@ -183,9 +188,13 @@ class ParquetFiles:
             captions = table.column(caption_column).to_pylist() if caption_column else [None] * len(images)
             instructions = table.column(pairs["instruction"]).to_pylist() if "instruction" in pairs else [None] * len(images)
             targets = table.column(pairs["target"]).to_pylist() if "target" in pairs else [None] * len(images)
-            for row, (cell, caption, instruction, target) in enumerate(zip(images, captions, instructions, targets), start=lo):
+            licenses = table.column(licenses_column).to_pylist() if licenses_column else [None] * len(images)
+            for row, (cell, caption, instruction, target, license_cell) in enumerate(
+                zip(images, captions, instructions, targets, licenses), start=lo,
+            ):
                 record = cell_record(cell, f"{file.ref}:row {row}", caption, self.rules)
-                records.append(pair_record(record, self.rules, instruction, target, has_target="target" in pairs))
+                paired = pair_record(record, self.rules, instruction, target, has_target="target" in pairs)
+                records.append(with_license(paired, license_cell))
         return records
 
 
@@ -197,7 +206,7 @@ class ParquetSource(RecordSource[ParquetParams]):
 
     def _files(self) -> ParquetFiles:
         p = self.params
-        return ParquetFiles(p.files, p.image_column, p.caption_column, p.cell_rules(p.base), p.pair_columns())
+        return ParquetFiles(p.files, p.image_column, p.caption_column, p.cell_rules(p.base), p.pair_columns(), p.license_column)
 
     def record_count(self) -> int:
         return self._files().layout(fresh=True).total

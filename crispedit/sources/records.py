@@ -25,6 +25,7 @@ from crispedit.core.paths import UnsafePathError
 from crispedit.core.sample import Sample
 from crispedit.core.source import Source
 from crispedit.core.storage import DEFAULT_MAX_BYTES, InputRefused, read_input, split_url
+from crispedit.models.terms import UNKNOWN
 from crispedit.sources.images import ImageSourceParams, item_sample
 
 
@@ -39,6 +40,15 @@ class RemoteImageParams(ImageSourceParams):
     )
     absolute_paths: bool = Field(
         False, description="without `base`: let path cells name any local file (absolute, or outside the working directory)",
+    )
+
+    license: str | None = Field(
+        None, description="the licence of the collection's images (an id such as `cc-by-4.0`): each row's `source_license` where "
+        "`license_column` gives none; the dataset card counts it into the effective terms",
+    )
+    license_column: str | None = Field(
+        None, description="the column (webdataset: the field of KEY.json) holding each image's licence, carried into `source_license`; "
+        "a row with none gets `license`, else `unknown`",
     )
 
     def cell_rules(self, base: str | None) -> CellRules:
@@ -73,6 +83,13 @@ class Record:
     problem: str | None = None
     instruction: str | None = None
     target: Record | None = None
+    license: str | None = None  # the row's own licence cell, where the source has a licence column
+
+
+def with_license(record: Record, cell: Any) -> Record:
+    """``record`` with the licence a row's cell names (an empty cell names none)."""
+    text = "" if cell is None else " ".join(str(cell).split())
+    return replace(record, license=text) if text else record
 
 
 RP = TypeVar("RP", bound=RemoteImageParams)
@@ -90,7 +107,12 @@ class RecordSource(Source[RP]):
             found.add("instruction")
         if getattr(self.params, "target_column", None):
             found.add("target_image")
+        if self._licensed():
+            found.add("source_license")
         return found
+
+    def _licensed(self) -> bool:
+        return bool(self.params.license or self.params.license_column)
 
     @abstractmethod
     def record_count(self) -> int:
@@ -124,10 +146,13 @@ class RecordSource(Source[RP]):
         decoded = [self._decode(record) for record in records]
         targets = [self._decode(record.target) if record.target is not None else None for record in records]
         samples = []
+        licensed = self._licensed()
         for index in range(start, end):
             record = records[index // per - first]
             sample = item_sample(self, index, per, record.ref, record.caption, decoded[index // per - first])
             sample.instruction = record.instruction
+            if licensed:
+                sample.source_license = record.license or self.params.license or UNKNOWN
             target = targets[index // per - first]
             if isinstance(target, str):
                 sample.fail(self.name, f"target image: {target}")

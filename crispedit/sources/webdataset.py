@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from crispedit.core.redact import scrub_url
 from crispedit.core.source import register_source
 from crispedit.core.storage import Output
-from crispedit.sources.records import InputFile, Record, RecordSource, RemoteImageParams, expand_inputs
+from crispedit.sources.records import InputFile, Record, RecordSource, RemoteImageParams, expand_inputs, with_license
 
 INDEX_VERSION = 1
 
@@ -192,17 +192,24 @@ class WebDatasetSource(RecordSource[WebDatasetParams]):
 
         image_ext = next((ext for ext in self.params.image_extensions if ext in key.members), None)
         ref = f"{file.ref}:{key.members[image_ext][0] if image_ext else key.key}"
-        caption = None
+        caption = license_cell = None
+        fields: dict[str, Any] = {}
+        if "json" in key.members and problem is None:
+            try:
+                loaded = json.loads(member("json"))
+                fields = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                fields = {}
         if "txt" in key.members:
             caption = member("txt").decode("utf-8", errors="replace").strip()
-        elif "json" in key.members:
-            try:
-                value = json.loads(member("json")).get(self.params.caption_key)
-                caption = None if value is None else str(value)
-            except (ValueError, AttributeError):
-                caption = None
+        elif fields.get(self.params.caption_key) is not None:
+            caption = str(fields[self.params.caption_key])
+        if self.params.license_column:
+            license_cell = fields.get(self.params.license_column)
         if problem is not None:
-            return Record(ref, caption, problem=problem)
-        if image_ext is None:
-            return Record(ref, caption, problem=f"missing image: key {key.key} has no {'/'.join(self.params.image_extensions)} member")
-        return Record(ref, caption, data=member(image_ext))
+            record = Record(ref, caption, problem=problem)
+        elif image_ext is None:
+            record = Record(ref, caption, problem=f"missing image: key {key.key} has no {'/'.join(self.params.image_extensions)} member")
+        else:
+            record = Record(ref, caption, data=member(image_ext))
+        return with_license(record, license_cell)

@@ -10,6 +10,7 @@ import pytest
 
 from crispedit.core.failures import TransientError
 from crispedit.core.stage import BuildContext
+from crispedit.editors import openai_backend
 from crispedit.editors.edit_model import EditModelParams, EditModelStage
 from crispedit.editors.openai_backend import EditRequest
 from crispedit.engine.run import apply_stage
@@ -45,7 +46,12 @@ def every_byte(samples: list, cache: Path) -> bytes:
     return text + b"".join(p.read_bytes() for p in cache.rglob("*") if p.is_file())
 
 
-def test_candidates_come_back_seeded_and_a_cached_rerun_sends_nothing(server: ImageEditServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", ["inline", "threads"])
+def test_candidates_come_back_seeded_and_a_cached_rerun_sends_nothing(
+    route: str, server: ImageEditServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if route == "threads":  # what a large image takes: hashing, encoding, decoding and the cache off the event loop
+        monkeypatch.setattr(openai_backend, "INLINE_VALUES", 0)
     out = apply_stage(stage(server, tmp_path, send_seed=True), "edit_model", pairs(2), batch_size=8)
     live = [s for s in out if s.alive]
     assert len(live) == 4 and server.count == 4

@@ -21,8 +21,7 @@ from crispedit.cli import main
 from crispedit.core.hub_parquet import hub_shape_problems, row_group_sizes, write_hub_parquet
 from crispedit.publish.hub import PublishError, RetryPolicy, TreeFile, copy_tree, plan_tree, upload_tree
 from tests.helpers.hub_server import FakeHub
-
-TOKEN = "hf_test_secret_never_printed"
+from tests.publish.conftest import TOKEN
 
 
 @pytest.fixture
@@ -31,22 +30,6 @@ def build(quickstart_dataset: Path, tmp_path: Path) -> Path:
     out = tmp_path / "build"
     shutil.copytree(quickstart_dataset, out, ignore=shutil.ignore_patterns("preview", ".cache"))
     return out
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """The local Hub, with huggingface_hub pointed at it: endpoint, token from HF_TOKEN, LFS transfers."""
-    import huggingface_hub.constants as constants
-    from huggingface_hub.utils import disable_progress_bars
-
-    server = FakeHub(TOKEN).start()
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)  # read from HF_ENDPOINT at import time
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # no Xet CAS here: the client uses LFS basic transfer
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-cache"))
-    disable_progress_bars()
-    yield server
-    server.stop()
 
 
 def _on_server(server: FakeHub, repo_id: str, tree) -> None:

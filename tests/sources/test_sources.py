@@ -347,3 +347,47 @@ def test_build_from_parquet_keeps_source_refs_in_rejects(tmp_path: Path) -> None
     assert sorted(rejects.column("source_ref").to_pylist()) == ["in.parquet:row 3", "in.parquet:row 8"]
     rows = sum(pq.read_metadata(p).num_rows for p in (tmp_path / "out" / "data").glob("*.parquet"))
     assert rows == 8
+
+
+# --- licences ---------------------------------------------------------------------------------
+
+LICENSES = ["cc-by-nc-4.0", None, "cc-by-4.0", "  ", "cc0-1.0", "cc-by-nc-4.0"]
+
+
+def test_a_licence_column_is_carried_into_source_license(tmp_path: Path) -> None:
+    import datasets
+
+    (tmp_path / "pq").mkdir()
+    write_parquet(tmp_path / "pq" / "data.parquet", "struct", 0, len(LICENSES))
+    table = pq.read_table(tmp_path / "pq" / "data.parquet").append_column("license", pa.array(LICENSES, pa.string()))
+    pq.write_table(table, tmp_path / "pq" / "data.parquet", row_group_size=4)
+    expected = ["cc-by-nc-4.0", "unknown", "cc-by-4.0", "unknown", "cc0-1.0", "cc-by-nc-4.0"]
+
+    source = make("parquet", tmp_path, files=[str(tmp_path / "pq")], license_column="license", edits_per_image=2)
+    assert "source_license" in source.outputs()
+    samples = check_slicing(source)
+    assert [s.source_license for s in samples] == [lic for lic in expected for _ in range(2)]
+    defaulted = make("parquet", tmp_path, files=[str(tmp_path / "pq")], license_column="license", license="cc-by-sa-4.0")
+    assert [s.source_license for s in defaulted.load(0, 4)] == ["cc-by-nc-4.0", "cc-by-sa-4.0", "cc-by-4.0", "cc-by-sa-4.0"]
+    only_default = make("parquet", tmp_path, files=[str(tmp_path / "pq")], license="cc-by-4.0")
+    assert {s.source_license for s in only_default.load(0, 6)} == {"cc-by-4.0"}
+    undeclared = make("parquet", tmp_path, files=[str(tmp_path / "pq")])
+    assert "source_license" not in undeclared.outputs() and {s.source_license for s in undeclared.load(0, 6)} == {None}
+    with pytest.raises(ValueError, match="no column 'licence'"):
+        make("parquet", tmp_path, files=[str(tmp_path / "pq")], license_column="licence").count()
+
+    # hf_dataset: in place (Parquet) and from save_to_disk
+    assert [s.source_license for s in make("hf_dataset", tmp_path, path=str(tmp_path / "pq"), license_column="license").load(0, 6)] == expected
+    saved = datasets.Dataset.from_parquet(str(tmp_path / "pq" / "data.parquet"))
+    saved.save_to_disk(str(tmp_path / "saved"))
+    from_disk = make("hf_dataset", tmp_path, path=str(tmp_path / "saved"), license_column="license")
+    assert from_disk._route()[0] == "arrow" and [s.source_license for s in from_disk.load(0, 6)] == expected
+
+    # webdataset: a field of KEY.json
+    members = []
+    for i, lic in enumerate(LICENSES):
+        fields = {"caption": f"c {i}", **({"license": lic} if lic is not None else {})}
+        members += [(f"{i:06d}.png", encoded(i)), (f"{i:06d}.json", json.dumps(fields).encode())]
+    write_tar(tmp_path / "wds.tar", members)
+    tars = make("webdataset", tmp_path, shards=str(tmp_path / "wds.tar"), license_column="license")
+    assert [s.source_license for s in tars.load(0, 6)] == expected
