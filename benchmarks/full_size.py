@@ -51,7 +51,6 @@ def watchdog(limit_gib: float) -> None:
 
 
 def run_one(name: str, side: int, steps: int, limit_gib: float) -> dict:
-    import numpy as np
     import torch
 
     from tests.helpers.full_size import STAGES
@@ -59,12 +58,30 @@ def run_one(name: str, side: int, steps: int, limit_gib: float) -> dict:
     watchdog(limit_gib)
     torch.manual_seed(0)
     smoke = STAGES[name](side, steps)
-    images = [getattr(s, "target_image", None) if not isinstance(s, np.ndarray) else s for s in smoke.outputs]
     return {
         "stage": name, "parameters": smoke.parameters, "load_s": round(smoke.load_s, 1), "run_s": round(smoke.run_s, 1),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2),
-        "outputs": len(smoke.outputs), "images": sum(i is not None for i in images),
+        "result": "; ".join(describe(out) for out in smoke.outputs),
     }
+
+
+def describe(output: object) -> str:
+    """What a stage produced: an image's shape, a sample's new image, mask or scores (finite or not)."""
+    import numpy as np
+
+    if isinstance(output, np.ndarray):
+        return f"image {output.shape[0]}x{output.shape[1]}"
+    if not output.alive:  # type: ignore[attr-defined]
+        return f"rejected: {output.reject.reason}"  # type: ignore[attr-defined]
+    parts = []
+    if output.target_image is not None:  # type: ignore[attr-defined]
+        parts.append(f"target {output.target_image.shape[0]}x{output.target_image.shape[1]}")  # type: ignore[attr-defined]
+    if output.mask is not None:  # type: ignore[attr-defined]
+        parts.append(f"mask {(output.mask > 127).mean():.0%} of the image")  # type: ignore[attr-defined]
+    scores = output.scores  # type: ignore[attr-defined]
+    if scores:
+        parts.append(f"{len(scores)} scores, {sum(v is not None and np.isfinite(v) for v in scores.values())} finite")
+    return ", ".join(parts)
 
 
 def main() -> None:
@@ -96,7 +113,7 @@ def main() -> None:
             print(f"| {row['stage']} | | | | | {row['error']} |")
         else:
             print(f"| {row['stage']} | {row['parameters'] / 1e9:.2f}B | {row['load_s']} | {row['run_s']} | {row['peak_rss_gib']} | "
-                  f"{row['images']}/{row['outputs']} images |")
+                  f"{row['result']} |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("CRISPEDIT_FULLSIZE") != "1", reason="full-size smoke runs: set CRISPEDIT_FULLSIZE=1"),
 ]
 
-SIDE, STEPS = 256, 2
+SIDE, STEPS = 128, 2  # what benchmarks/full_size.py runs by default
 
 
 def generated(smoke: full_size.Smoke, side: int = SIDE) -> np.ndarray:
