@@ -23,7 +23,7 @@ from typing import Any
 from crispedit.models.devices import resolve_dtype
 from crispedit.models.loading import load_model
 from crispedit.models.spec import ModelSpec, register_twin
-from crispedit.models.twins import TINY_WORDS, seeded, tiny_autoencoder
+from crispedit.models.twins import TINY_WORDS, seeded, tiny_autoencoder, unused_tokens
 
 #: PixArt's scheduler, as its checkpoints ship it (scheduler/scheduler_config.json of
 #: PixArt-alpha/PixArt-XL-2-1024-MS and PixArt-Sigma-XL-2-1024-MS); the twins use it too.
@@ -111,12 +111,13 @@ def load_text(spec: ModelSpec, seed: int = 0) -> TextModels:
 # --- tiny twins ---------------------------------------------------------------------------
 
 
-def tiny_t5_tokenizer(max_length: int = TINY_SEQUENCE_LENGTH) -> Any:
+def tiny_t5_tokenizer(max_length: int = TINY_SEQUENCE_LENGTH, vocab_size: int | None = None) -> Any:
     """A T5 tokenizer built in-process: Unigram pieces with T5's "▁" word marks, ``</s>`` appended.
 
     Ids as in T5: pad 0, eos 1, unk 2. Whole words from TINY_WORDS are single pieces; any
     other word splits into letter pieces ("zebra" -> "▁z" "e" "b" "r" "a"), like rare words
-    under the real SentencePiece model.
+    under the real SentencePiece model. ``vocab_size`` pads the pieces with unused ones (T5's 32100,
+    for full-size smoke runs).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
@@ -126,6 +127,7 @@ def tiny_t5_tokenizer(max_length: int = TINY_SEQUENCE_LENGTH) -> Any:
     pieces += [("▁", -4.0)]
     pieces += [(c, -5.0) for c in string.ascii_lowercase + string.digits + ".,;:!?'-"]
     pieces += [(f"▁{c}", -5.5) for c in string.ascii_lowercase + string.digits]
+    pieces += [(token, -20.0) for token in unused_tokens(len(pieces), vocab_size)]
     model = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     model.normalizer = None
     model.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")

@@ -14,21 +14,23 @@ import string
 from typing import Any
 
 from crispedit.models.spec import register_twin
-from crispedit.models.twins import TINY_WORDS, seeded
+from crispedit.models.twins import TINY_WORDS, seeded, unused_tokens
 
 
-def tiny_bert_vocab() -> dict[str, int]:
-    """A WordPiece vocabulary: specials, punctuation, letters and ##letters (so any word tokenizes), a few words."""
+def tiny_bert_vocab(size: int | None = None) -> dict[str, int]:
+    """A WordPiece vocabulary: specials, punctuation, letters and ##letters (so any word tokenizes), a few words;
+    ``size`` pads it with unused tokens (BERT-base's 30522, for full-size smoke runs)."""
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-"]
     tokens += list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
     tokens += [w for w in TINY_WORDS if w not in tokens]
+    tokens += unused_tokens(len(tokens), size)
     return {token: i for i, token in enumerate(tokens)}
 
 
-def tiny_bert_tokenizer() -> Any:
+def tiny_bert_tokenizer(size: int | None = None) -> Any:
     from transformers import BertTokenizer
 
-    return BertTokenizer(vocab=tiny_bert_vocab())
+    return BertTokenizer(vocab=tiny_bert_vocab(size))
 
 
 def tiny_grounding_dino(seed: int) -> tuple[Any, Any]:

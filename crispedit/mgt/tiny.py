@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 
-from crispedit.models.twins import clip_tokenizer_from, seeded, write_tiny_clip_vocab
+from crispedit.models.twins import clip_tokenizer_from, seeded, unused_tokens, write_tiny_clip_vocab
 
 # Characters the tiny tokenizers know; everything else maps to unknown / is dropped.
 _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
@@ -41,9 +41,10 @@ def tiny_clip_text_model(projection_dim: int, seed: int, max_length: int = 16):
         return CLIPTextModelWithProjection(config).eval()
 
 
-def tiny_llm_tokenizer(max_length: int = 16):
+def tiny_llm_tokenizer(max_length: int = 16, vocab_size: int | None = None):
     """A fast WordPiece tokenizer over characters: it has offsets, like Gemma's tokenizer,
-    so keyword rows are found the same way for the tiny and the real LLM."""
+    so keyword rows are found the same way for the tiny and the real LLM. ``vocab_size`` pads it
+    with unused tokens (Gemma-2's 256000, for full-size smoke runs)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -51,6 +52,8 @@ def tiny_llm_tokenizer(max_length: int = 16):
     for ch in _CHARS:
         vocab[ch] = len(vocab)
         vocab["##" + ch] = len(vocab)
+    for token in unused_tokens(len(vocab), vocab_size):
+        vocab[token] = len(vocab)
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", max_input_chars_per_word=100))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])

@@ -37,13 +37,15 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def write_tiny_clip_vocab(directory: str | Path, merges: list[tuple[str, str]] | None = None, *,
-                          words: tuple[str, ...] = TINY_WORDS, symbols: str = "") -> Path:
+                          words: tuple[str, ...] = TINY_WORDS, symbols: str = "", size: int | None = None) -> Path:
     """Write vocab.json + merges.txt for a CLIPTokenizer that knows letters, ``words`` and </w> endings.
 
     ``words`` are single tokens (their merges are listed); any other lowercase word splits
     into letter tokens, so it is the multi-token case. ``symbols`` are extra characters (digits,
     punctuation), each with its </w> form: without them a character maps to ``<|endoftext|>``.
     (Byte-level BPE needs every byte symbol; a tiny vocab keeps the ASCII letters and </w> forms.)
+    ``size`` pads the vocabulary with never-produced tokens to a real checkpoint's embedding count
+    (49408 for CLIP), for full-size smoke runs of the real architectures.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -68,10 +70,18 @@ def write_tiny_clip_vocab(directory: str | Path, merges: list[tuple[str, str]] |
         for token in (symbol, f"{symbol}</w>"):
             if token not in vocab:
                 vocab.append(token)
+    vocab += unused_tokens(len(vocab), size)
     (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merge_list]
     (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return directory
+
+
+def unused_tokens(have: int, size: int | None) -> list[str]:
+    """Filler tokens that take a vocabulary of ``have`` entries to ``size`` (none when ``size`` is None)."""
+    if size is not None and size < have:
+        raise ValueError(f"a vocabulary of {size} tokens cannot hold the {have} the tokenizer needs")
+    return [f"<unused{i}>" for i in range(have, size or have)]
 
 
 def clip_tokenizer_from(directory: str | Path, max_length: int = 16) -> Any:

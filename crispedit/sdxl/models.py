@@ -182,36 +182,45 @@ def tiny_controlnet(seed: int) -> Any:
 
 
 def write_tiny_ip_adapter(directory: Path, seed: int, subfolder: str = "sdxl_models") -> Path:
-    """Write an IP-Adapter for the tiny SDXL UNet in h94/IP-Adapter's layout; return ``directory``.
-
-    ``SUBFOLDER/ip-adapter_sdxl.safetensors`` holds ``image_proj.{proj,norm}.*`` (4 image
-    tokens of the UNet's cross-attention width) and ``ip_adapter.{k}.to_{k,v}_ip.weight`` for
-    k = 1, 3, 5, ... in the UNet's processor order, which is how diffusers' loader reads them;
-    ``SUBFOLDER/image_encoder`` is a CLIPVisionModelWithProjection saved as safetensors.
-    """
-    import torch
-    from safetensors.torch import save_file
+    """Write an IP-Adapter for the tiny SDXL UNet in h94/IP-Adapter's layout (a 2-layer CLIP vision encoder); return ``directory``."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     unet = tiny_sdxl_unet(seed, cross_attention_dim=64, levels=3)
-    cross = unet.config.cross_attention_dim
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=TINY_IMAGE_ENCODER_SIDE,
         patch_size=8, projection_dim=32, num_channels=3,
     )
     with seeded(seed + 11):
         encoder = CLIPVisionModelWithProjection(vision).eval()
-    generator = torch.Generator().manual_seed(seed + 12)
+    return write_ip_adapter(directory, unet, encoder, seed + 12, subfolder)
+
+
+def write_ip_adapter(directory: Path, unet: Any, encoder: Any, seed: int, subfolder: str = "sdxl_models") -> Path:
+    """Random IP-Adapter weights for ``unet`` and ``encoder`` (a CLIPVisionModelWithProjection) in h94/IP-Adapter's layout.
+
+    ``SUBFOLDER/ip-adapter_sdxl.safetensors`` holds ``image_proj.{proj,norm}.*`` (4 image
+    tokens of the UNet's cross-attention width) and ``ip_adapter.{k}.to_{k,v}_ip.weight`` for
+    k = 1, 3, 5, ... in the UNet's processor order, which is how diffusers' loader reads them;
+    ``SUBFOLDER/image_encoder`` is the encoder saved as safetensors. ``unet`` may live on the
+    meta device (only its config and processor names are read).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    cross = unet.config.cross_attention_dim
+    projection = encoder.config.projection_dim
+    dtype = encoder.dtype
+    generator = torch.Generator().manual_seed(seed)
 
     def draw(*shape: int, std: float = 0.2) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * std
+        return (torch.randn(*shape, generator=generator) * std).to(dtype)
 
     tokens = 4
     tensors = {
-        "image_proj.proj.weight": draw(tokens * cross, vision.projection_dim),
+        "image_proj.proj.weight": draw(tokens * cross, projection),
         "image_proj.proj.bias": draw(tokens * cross),
-        "image_proj.norm.weight": torch.ones(cross),
-        "image_proj.norm.bias": torch.zeros(cross),
+        "image_proj.norm.weight": torch.ones(cross, dtype=dtype),
+        "image_proj.norm.bias": torch.zeros(cross, dtype=dtype),
     }
     key_id = 1
     widths = unet.config.block_out_channels

@@ -13,6 +13,11 @@ rows every row would attend to all B images. The embeddings are therefore comput
 per row, with the pipeline's own ``encode_image``, and handed to the UNet unrepeated for
 the duration of the call (:func:`per_row_ip_embeds`); a test checks that a row's image is
 the same in a batch and alone.
+
+EditWorld then passes its target once more through SDXL img2img with the target's prompt plus
+", realistic" (strength 0.5, the pipeline's other defaults) to wash out inpainting seams;
+:func:`run_realistic` is that pass, on the same UNet with the IP-Adapter switched off for the
+call (:func:`without_ip_adapter`), so no second SDXL copy is held in memory.
 """
 
 from __future__ import annotations
@@ -55,6 +60,32 @@ def per_row_ip_embeds(pipe: Any, embeds: list[torch.Tensor]) -> Iterator[None]:
         yield
     finally:
         del pipe.prepare_ip_adapter_image_embeds  # the class's method again
+
+
+@contextmanager
+def without_ip_adapter(unet: Any) -> Iterator[None]:
+    """During one call the UNet attends to text only (plain attention, no image projection), as
+    diffusers' ``unload_ip_adapter`` leaves it, and gets its IP-Adapter back afterwards."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    saved = dict(unet.attn_processors)
+    projection = unet.encoder_hid_proj
+    unet.set_attn_processor({name: AttnProcessor2_0() for name in saved})
+    unet.encoder_hid_proj = None  # the UNet then asks for no image embeddings
+    try:
+        yield
+    finally:
+        unet.encoder_hid_proj = projection
+        unet.set_attn_processor(saved)
+
+
+def run_realistic(
+    pipe: Any, images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int], sampler: Sampler, strength: float
+) -> list[np.ndarray]:
+    """EditWorld's last pass: ``images`` through SDXL img2img at ``strength`` with ``prompts`` (the
+    suffix already added), each row seeded alone; ``pipe`` is an img2img pipeline over the refine UNet."""
+    with without_ip_adapter(pipe.unet):
+        return run_pipe(pipe, sampler, prompts, seeds, image=[to_pil(image) for image in images], strength=strength)
 
 
 def run_refine(

@@ -126,6 +126,30 @@ def test_the_ip_adapter_loads_through_diffusers_and_changes_the_refinement() -> 
     assert whole.provenance["refine"]["region"] == "whole" and whole.target_image.shape == (32, 32, 3)
 
 
+@pytest.mark.slow  # ~7 s: three refine stages on the tiny twins
+def test_the_realistic_pass_changes_the_target_reproducibly_and_off_leaves_it_alone() -> None:
+    """EditWorld's final img2img pass: the target changes, the recorded seed gives the same bytes again, and
+    with the pass off the refine output is what it was (the IP-Adapter is back after the pass)."""
+    models = {"base_model": "tiny", "controlnet_model": "tiny", "ip_adapter_model": "tiny"}
+    plain, realistic = make("refine", **models), make("refine", **models, realistic={"strength": 0.6})
+    source = item(0, target_image=item(5).source_image, mask=square_mask())
+    before = apply_stage(plain, "refine", [source.clone()], batch_size=4)[0]
+    first = apply_stage(realistic, "refine", [source.clone()], batch_size=4)[0]
+    again = apply_stage(realistic, "refine", [source.clone()], batch_size=4)[0]
+    assert np.abs(first.target_image.astype(int) - before.target_image).max() > 0
+    assert np.array_equal(first.target_image, again.target_image)
+    record = first.provenance["refine"]["realistic"]
+    assert record == {"strength": 0.6, "steps": 3, "guidance_scale": 5.0, "prompt": "a blue cat on the tree, realistic",
+                      "seed": first.provenance["refine"]["seed"]}
+    assert "realistic" not in before.provenance["refine"] and plain.params.realistic is None
+    # the pass switches the IP-Adapter off for its call only: the refinement alone still gives its bytes
+    realistic.params = realistic.params.model_copy(update={"realistic": None})
+    after = apply_stage(realistic, "refine", [source.clone()], batch_size=4)[0]
+    assert np.array_equal(after.target_image, before.target_image)
+    other = apply_stage(make("refine", **models, realistic={"strength": 0.6, "suffix": ", a painting"}), "refine", [source.clone()], 4)[0]
+    assert np.abs(other.target_image.astype(int) - first.target_image).max() > 0  # the suffix reaches the prompt
+
+
 @pytest.mark.parametrize("method", ["controlnet", "img2img"])
 def test_style_edits_keep_the_source_size_and_record_the_method(method: str) -> None:
     stage = make("style", base_model="tiny", controlnet_model="tiny", method=method, strength=0.7)
