@@ -77,7 +77,7 @@ def test_model_stage_runs_in_an_actor_pool_with_identical_bytes(ray_local, tmp_p
     recipe = QUICKSTART.parent / "ground.yaml"
     plan = load_plan(recipe, tiny=True, out=tmp_path / "ray")
     names = [[s if isinstance(s, str) else plan.stages[s].name for s in seg] for seg in segments(plan)]
-    assert names == [["source", "instruct", "classical"], ["ground"], ["mask_filter", "pixel_change", "write"]]
+    assert names == [["source", "instruct", "classical"], ["ground"], ["mask_filter"], ["clip_filter"], ["pixel_change", "write"]]
     build(plan, runner="ray", progress=False)
     build(load_plan(recipe, tiny=True, out=tmp_path / "local"), runner="local", progress=False)
     assert_same_files(tmp_path / "ray", tmp_path / "local")
