@@ -287,10 +287,18 @@ def load_pipeline(use: str, spec: ModelSpec, options: RunOptions, seed: int, *, 
 
 
 def derived_pipeline(use: str, pipe: Any) -> Any:
-    """Another pipeline class over the same loaded modules (no second copy in memory)."""
-    import diffusers
+    """Another pipeline class over the same loaded modules (no second copy in memory).
 
-    derived = getattr(diffusers, PIPELINES[use]).from_pipe(pipe)
+    diffusers' ``from_pipe`` casts every module to the dtype it is given, and to float32 when given
+    none; the modules are shared, so without the pipeline's own dtype a half-precision refine stage
+    silently became float32 throughout (twice the memory: the full-size stage passed 20 GiB on the
+    CPU). Newer diffusers name the argument ``dtype``, older ones only know ``torch_dtype``.
+    """
+    import diffusers
+    from diffusers.pipelines import pipeline_utils
+
+    keyword = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+    derived = getattr(diffusers, PIPELINES[use]).from_pipe(pipe, **{keyword: pipe.unet.dtype})
     derived.set_progress_bar_config(disable=True)
     return derived
 

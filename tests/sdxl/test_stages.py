@@ -126,6 +126,18 @@ def test_the_ip_adapter_loads_through_diffusers_and_changes_the_refinement() -> 
     assert whole.provenance["refine"]["region"] == "whole" and whole.target_image.shape == (32, 32, 3)
 
 
+def test_the_derived_pipelines_keep_the_recipes_half_precision() -> None:
+    """diffusers' from_pipe casts the modules it shares to float32 unless told otherwise; the refine stage's
+    whole-image and realistic pipelines share the masked one's modules, so all three stay in the recipe's dtype."""
+    import torch
+
+    stage = make("refine", base_model="tiny", controlnet_model="tiny", ip_adapter_model="tiny", dtype="bfloat16",
+                 realistic={"strength": 0.6})
+    for pipe in (stage.masked, stage.whole, stage.realistic):
+        dtypes = {name: module.dtype for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+        assert set(dtypes.values()) == {torch.bfloat16}, dtypes
+
+
 @pytest.mark.slow  # ~7 s: three refine stages on the tiny twins
 def test_the_realistic_pass_changes_the_target_reproducibly_and_off_leaves_it_alone() -> None:
     """EditWorld's final img2img pass: the target changes, the recorded seed gives the same bytes again, and
