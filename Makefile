@@ -5,6 +5,8 @@
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+# pytest-xdist workers: every test makes its own folders, servers on free ports and Ray instance.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install install-test quickstart test test-fast lint docs bench
 
@@ -20,11 +22,11 @@ quickstart: install
 	$(PYTHON) -m crispedit.cli build recipes/quickstart.yaml
 
 test: install-test lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS)
 
 # The inner loop: no install, no slow tests (builds under Ray, SIGKILL runs, browsers).
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check .
