@@ -20,7 +20,8 @@ only the arguments the pipeline's signature has, so any other editing pipeline c
   Plus refuses more than one prompt per call, so both get ONE source per call (its candidates
   through ``num_images_per_prompt``); Kontext (T5 padded to a fixed length) and pix2pix (CLIP, 77)
   take lists of sources. With ``exact_batches`` every call has ``max_batch`` rows
-  (crispedit.sdxl.batching), so a row's bytes never depend on its neighbours.
+  (crispedit.sdxl.batching), so a row's bytes never depend on its neighbours; a one-source call
+  has min(max_batch, candidates) rows, since more would only be padding copies of its candidates.
 """
 
 from __future__ import annotations

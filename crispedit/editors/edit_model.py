@@ -216,9 +216,12 @@ class EditModelStage(Stage[EditModelParams]):
             source = (s.parent_id or s.id, s.instruction) if editor.traits.one_source_per_call else ()
             groups[(size, *source)].append(s)
         sampler = p.sampler(self.context.tiny)
+        # One source per call: a call holds one input's candidates, so padding past their number would only
+        # generate copies (twice the work for Qwen at candidates 1, max_batch 2); every call still has one size.
+        per_call = min(p.max_batch, self.params.candidates) if editor.traits.one_source_per_call else p.max_batch
         for (size, *_), group in groups.items():
             rows = [EditRow(s.source_image, s.instruction or "", s.seed("edit")) for s in group]
-            images = run_in_calls(rows, p.max_batch, p.exact_batches, lambda chunk, size=size: editor.edit(chunk, size))
+            images = run_in_calls(rows, per_call, p.exact_batches, lambda chunk, size=size: editor.edit(chunk, size))
             for sample, row, image in zip(group, rows, images, strict=True):
                 sample.target_image = back_to(image, sample.source_image)
                 self.record(sample, row.seed, **sampler, width=size[0], height=size[1])

@@ -52,3 +52,28 @@ def test_buckets_keep_the_aspect_ratio() -> None:
     assert bucket(1500, 1000, 1024 * 1024, 16) == (1248, 832)
     assert bucket(1000, 1000, 512 * 512, 8) == (512, 512)
     assert bucket(300, 1000, 1024 * 1024, 32, [(1024, 1024), (672, 1568), (1568, 672)]) == (672, 1568)
+
+
+@pytest.mark.slow  # a Qwen twin (~5 s)
+def test_a_one_source_pipeline_pads_its_calls_to_the_candidates_not_to_max_batch() -> None:
+    """Qwen's calls hold one source: at candidates 1 and max_batch 4 each call has one row (padding copies would
+    quadruple the work), and the bytes still do not depend on how the build batches its rows."""
+    params = EditModelParams.model_validate({"diffusers": {"pipeline": "QwenImageEditPipeline", "max_batch": 4}})
+    stage = EditModelStage(params, BuildContext("t", "t", 0, tiny=True))
+    stage.setup()
+    pipe = stage.editor.pipe
+    rows_per_call: list[int] = []
+    real_call = type(pipe).__call__
+
+    def counting(self, *args, **kwargs):
+        rows_per_call.append(kwargs.get("num_images_per_prompt") or 1)
+        return real_call(self, *args, **kwargs)
+
+    type(pipe).__call__ = counting
+    try:
+        together = apply_stage(stage, "edit_model", wide(3), batch_size=8)
+        alone = apply_stage(stage, "edit_model", wide(3), batch_size=1)
+    finally:
+        type(pipe).__call__ = real_call
+    assert rows_per_call == [1] * 6
+    assert [s.target_image.tobytes() for s in together] == [s.target_image.tobytes() for s in alone]
