@@ -15,6 +15,8 @@ onto every node just to read a few rows:
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from itertools import islice
 from typing import Any
 
@@ -23,7 +25,7 @@ from pydantic import Field
 from crispedit.core.source import register_source
 from crispedit.core.storage import is_url, split_url
 from crispedit.sources.parquet import ParquetFiles
-from crispedit.sources.records import EditColumnsParams, Record, RecordSource, cell_record, pair_record, with_license
+from crispedit.sources.records import CellRules, EditColumnsParams, Record, RecordSource, cell_record, pair_record, with_license
 
 
 class HFDatasetParams(EditColumnsParams):
@@ -33,7 +35,10 @@ class HFDatasetParams(EditColumnsParams):
     revision: str | None = Field(None, description="a Hub revision (branch, tag or commit); pin one for reproducible builds")
     image_column: str = Field("image", description="the image column: an Image feature, raw bytes, or paths/URLs")
     caption_column: str | None = Field(None, description="the caption column, or null for no captions")
-    base: str | None = Field(None, description="directory or URL that relative paths in the image column are resolved against")
+    base: str | None = Field(
+        None, description="directory or URL that relative paths in the image column are resolved against (unset, for a local dataset "
+        "folder that is streamed or prepared: that folder, which its image files must not leave)",
+    )
     streaming: bool = Field(
         True, description="for datasets that are neither save_to_disk nor Parquet: stream them instead of downloading and preparing them"
     )
@@ -158,7 +163,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
             if len(chosen) < end - start:
                 raise RuntimeError(f"{p.path}[{p.split}] ended at row {start + len(chosen)}, before its recorded size")
         name = self._display_name()
-        rules = p.cell_rules(p.base)
+        rules = self._cell_rules(route)
         out = []
         for i, row in enumerate(range(start, end)):
             record = cell_record(columns["image"][i], f"{name}:row {row}", columns["caption"][i], rules)
@@ -166,6 +171,16 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
             paired = pair_record(record, rules, extra.get("instruction"), extra.get("target"), has_target="target" in columns)
             out.append(with_license(paired, columns["license"][i]))
         return out
+
+    def _cell_rules(self, route: str) -> CellRules:
+        """What an image cell may name. A local dataset folder that ``datasets`` streams or prepares (an image
+        folder, JSON with image files) gives its Image cells as paths to its own files, with no bytes: without
+        ``base``, those cells may name files inside that folder (which the recipe named), and nothing outside it."""
+        p = self.params
+        rules = p.cell_rules(p.base)
+        if route != "parquet" and p.base is None and not is_url(p.path) and os.path.isdir(p.path):
+            rules = dataclasses.replace(rules, folder=os.path.abspath(p.path))
+        return rules
 
     def _stream(self, builder: Any) -> Any:
         import datasets

@@ -383,6 +383,31 @@ def test_a_licence_column_is_carried_into_source_license(tmp_path: Path) -> None
     from_disk = make("hf_dataset", tmp_path, path=str(tmp_path / "saved"), license_column="license")
     assert from_disk._route()[0] == "arrow" and [s.source_license for s in from_disk.load(0, 6)] == expected
 
+    # hf_dataset streamed: an image folder (not Parquet) whose card records the split's size
+    folder = tmp_path / "imagefolder"
+    folder.mkdir()
+    with (folder / "metadata.jsonl").open("w", encoding="utf-8") as metadata:
+        for i, lic in enumerate(LICENSES):
+            (folder / f"{i}.png").write_bytes(encoded(i))
+            metadata.write(json.dumps({"file_name": f"{i}.png", "text": f"c {i}", "license": lic}) + "\n")
+    (folder / "README.md").write_text(
+        "---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: text\n    dtype: string\n"
+        "  - name: license\n    dtype: string\n  splits:\n  - name: train\n    num_examples: 6\n---\n", encoding="utf-8")
+    streamed = make("hf_dataset", tmp_path, path=str(folder), image_column="image", caption_column="text", license_column="license")
+    assert streamed._route()[0] == "stream" and streamed.count() == 6
+    rows = streamed.load(0, 6)
+    assert [s.source_license for s in rows] == expected and [s.source_caption for s in rows] == [f"c {i}" for i in range(6)]
+    assert all(s.alive and s.source_image is not None and s.source_image.shape[2] == 3 for s in rows)
+    assert [s.source_license for s in streamed.load(2, 5)] == expected[2:5]
+    prepared = make("hf_dataset", tmp_path, path=str(folder), image_column="image", caption_column="text", license_column="license",
+                    streaming=False)
+    assert prepared._route()[0] == "arrow" and [s.source_license for s in prepared.load(0, 6)] == expected
+    assert [s.source_image.tobytes() for s in prepared.load(0, 6)] == [s.source_image.tobytes() for s in rows]
+    from crispedit.core.paths import UnsafePathError
+
+    with pytest.raises(UnsafePathError, match="outside"):  # the folder's own files only
+        streamed._cell_rules("stream").locate(str(tmp_path / "pq" / "data.parquet"))
+
     # webdataset: a field of KEY.json
     members = []
     for i, lic in enumerate(LICENSES):
