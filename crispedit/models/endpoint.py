@@ -110,6 +110,25 @@ class Bucket:
         self.level = min(self.capacity, self.level - difference)
 
 
+def one_write_http_client() -> Any:
+    """The openai client's default HTTP client, sending each request body in one write.
+
+    An image edit's multipart body streams as ~30 small chunks (a boundary, headers and value per
+    form field), each one socket write through anyio's cancel scopes: 40% of the client's CPU per
+    request. The body is in memory anyway (the PNG is encoded before the call), so joining it first
+    costs nothing and cut the client's CPU from 2.8 to 1.7 ms a request, which is what bounds
+    throughput at concurrency 16 on a small machine (benchmarks/editor.py). Chat bodies are one
+    JSON chunk already. A request hook, not a transport of our own: with its own transport an httpx
+    client ignores the proxy environment (HTTPS_PROXY), which users behind a proxy rely on.
+    """
+    import openai
+
+    async def join_body(request: Any) -> None:
+        await request.aread()  # replaces the chunked stream with the joined bytes
+
+    return openai.DefaultAsyncHttpxClient(event_hooks={"request": [join_body]})
+
+
 class Runtime:
     """Per-process state that must not be pickled: an event loop thread, the openai client, the limits."""
 
@@ -123,7 +142,8 @@ class Runtime:
         # the endpoint (``?api-version=...``, a token) is sent with every request, as the server expects.
         base, _, query = settings.base_url.partition("?")
         self.client = AsyncOpenAI(api_key=api_key, base_url=base, timeout=settings.timeout, max_retries=0,
-                                  default_query=dict(parse_qsl(query, keep_blank_values=True)) or None)
+                                  default_query=dict(parse_qsl(query, keep_blank_values=True)) or None,
+                                  http_client=one_write_http_client())
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         every = {"requests": settings.requests_per_minute, **budgets}
         self.buckets = {name: Bucket(per_minute) for name, per_minute in every.items() if per_minute}
