@@ -55,7 +55,8 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
 
     # which route --------------------------------------------------------------------------
     def _route(self) -> tuple[str, Any]:
-        """('arrow', Dataset) | ('parquet', ParquetFiles) | ('stream', (builder, rows))."""
+        """('arrow', Dataset) from save_to_disk | ('prepared', Dataset) that datasets built | ('parquet', ParquetFiles)
+        | ('stream', (builder, rows))."""
         if hasattr(self, "_resolved"):
             return self._resolved
         p = self.params
@@ -82,7 +83,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
             self._resolved = ("stream", (builder, int(info.num_examples)))
         else:
             builder.download_and_prepare()
-            self._resolved = ("arrow", self._columns(builder.as_dataset(split=p.split)))
+            self._resolved = ("prepared", self._columns(builder.as_dataset(split=p.split)))
         return self._resolved
 
     def _saved_marker(self) -> str | None:
@@ -140,7 +141,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
     # the Source interface ---------------------------------------------------------------
     def record_count(self) -> int:
         route, value = self._route()
-        if route == "arrow":
+        if route in ("arrow", "prepared"):
             return len(value)
         if route == "parquet":
             return value.layout(fresh=True).total
@@ -152,7 +153,7 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
         if route == "parquet":
             return value.read(start, end)
         roles = {"image": p.image_column, "caption": p.caption_column, **p.pair_columns(), "license": p.license_column}
-        if route == "arrow":
+        if route in ("arrow", "prepared"):
             rows = value[start:end]
             columns = {role: rows[c] if c else [None] * (end - start) for role, c in roles.items()}
         else:
@@ -175,10 +176,11 @@ class HFDatasetSource(RecordSource[HFDatasetParams]):
     def _cell_rules(self, route: str) -> CellRules:
         """What an image cell may name. A local dataset folder that ``datasets`` streams or prepares (an image
         folder, JSON with image files) gives its Image cells as paths to its own files, with no bytes: without
-        ``base``, those cells may name files inside that folder (which the recipe named), and nothing outside it."""
+        ``base``, those cells may name files inside that folder (which the recipe named), and nothing outside it.
+        Parquet files and save_to_disk folders hold their cells as written, so they keep the general rule."""
         p = self.params
         rules = p.cell_rules(p.base)
-        if route != "parquet" and p.base is None and not is_url(p.path) and os.path.isdir(p.path):
+        if route in ("stream", "prepared") and p.base is None and not is_url(p.path) and os.path.isdir(p.path):
             rules = dataclasses.replace(rules, folder=os.path.abspath(p.path))
         return rules
 

@@ -401,7 +401,7 @@ def test_a_licence_column_is_carried_into_source_license(tmp_path: Path) -> None
     assert [s.source_license for s in streamed.load(2, 5)] == expected[2:5]
     prepared = make("hf_dataset", tmp_path, path=str(folder), image_column="image", caption_column="text", license_column="license",
                     streaming=False)
-    assert prepared._route()[0] == "arrow" and [s.source_license for s in prepared.load(0, 6)] == expected
+    assert prepared._route()[0] == "prepared" and [s.source_license for s in prepared.load(0, 6)] == expected
     assert [s.source_image.tobytes() for s in prepared.load(0, 6)] == [s.source_image.tobytes() for s in rows]
     from crispedit.core.paths import UnsafePathError
 
